@@ -1,0 +1,1 @@
+"""Benchmark of the replay pipeline against reference implementations (see bench/RESULTS.md)."""

@@ -1,0 +1,1 @@
+"""Sinks: stdout JSON lines, local Parquet, dead letters (Redis and BigQuery live beside)."""

@@ -1,0 +1,1 @@
+"""Tardis.dev ingestion: CSV dataset replay and the tardis-machine WebSocket."""

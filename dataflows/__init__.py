@@ -1,0 +1,1 @@
+"""Flow factories: main (mode -> flow), replay (CLI), instruments (CCXT sidecar)."""

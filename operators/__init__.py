@@ -1,0 +1,1 @@
+"""Bytewax operators: data-type router, candle builder, derived data types, features step."""

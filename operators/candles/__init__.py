@@ -1,0 +1,1 @@
+"""Multi-timeframe candles: bar accumulation, close policy, and the keyed Bytewax step."""

@@ -1,0 +1,208 @@
+"""gaps: stretches of time in which a (exchange, symbol) may be missing data.
+
+Three kinds, all emitted as `Gap` items (the candle step marks the candles they touch; the
+ticks_gaps table gets one row each, see operators.derived.rows):
+- trade-id gaps, on exchanges whose trade ids are contiguous integers per symbol (Binance):
+  a trade whose id exceeds the largest id seen so far by more than one means the ids between
+  are missing. Reason "trade_id_gap: N missing ids (first..last)"; the gap runs from the
+  exchange time of the previous trade to that of this one. Ids that are not integers (BitMEX
+  and Bybit UUIDs) are skipped; an id at or below the largest seen (a duplicate or a late
+  trade) is not a gap. tardis-dev drops Binance's off-book trades (insurance fund, ADL), so a
+  small id gap there is not always lost data: `min_missing_ids` sets the smallest gap reported.
+- time gaps, per data type with a bound: a row whose exchange timestamp is more than the
+  bound after the latest timestamp seen before it. Reason "time_gap: 312.4 s without trades".
+  A silence is only seen when data resumes; a quiet market can cause one (set bounds per
+  data type with that in mind).
+- disconnects: `Gap` items from the source (WebSocket drops, tardis-machine disconnect
+  messages, restarts) pass through unchanged. A disconnect and the silence it causes may
+  both be reported, under their own reasons.
+
+Detection is vectorised per batch (running maxima and differences); per key the state is the
+largest trade id, the timestamp of the last trade, and the latest timestamp per data type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from bytewax.operators import StatefulBatchLogic
+
+from connectors.tardis.datatypes import route_of
+from dataflows.config import DerivedConfig
+from operators.derived.common import DERIVED_ROWS, int_column
+from operators.messages import Gap, TickBatch
+
+GapIn = TickBatch | Gap
+GapOut = TickBatch | Gap
+_INT_ID = r"^[0-9]{1,18}$"
+
+
+@dataclass(frozen=True, slots=True)
+class DetectedGaps:
+    """Gaps found in one batch: [start_us, end_us] and a reason each, oldest first."""
+
+    start_us: np.ndarray
+    end_us: np.ndarray
+    reasons: list[str]
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+    @staticmethod
+    def empty() -> DetectedGaps:
+        return DetectedGaps(np.empty(0, np.int64), np.empty(0, np.int64), [])
+
+
+def integer_ids(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 ids, mask of the rows they come from); rows whose id is null or not a plain
+    non-negative integer of at most 18 digits are left out."""
+    ids = ids.cast(pa.string())
+    ok = np.asarray(pc.fill_null(pc.match_substring_regex(ids, _INT_ID), False))
+    if ok.all():
+        return np.asarray(pc.cast(ids, pa.int64())), ok
+    return np.asarray(pc.cast(ids.filter(pa.array(ok)), pa.int64())), ok
+
+
+class TradeIdGapDetector:
+    """Trade-id gaps of one (exchange, symbol): ids must be contiguous integers."""
+
+    def __init__(self, min_missing: int = 1, state: tuple[int, int] | None = None) -> None:
+        if min_missing < 1:
+            raise ValueError(f"min_missing must be at least 1, got {min_missing!r}")
+        self.min_missing = int(min_missing)
+        self._state = state  # (largest id seen, exchange timestamp of the last trade)
+
+    def snapshot(self) -> tuple[int, int] | None:
+        return self._state
+
+    def add(self, ts: np.ndarray, ids: pa.Array) -> DetectedGaps:
+        """Trades in arrival order (exchange timestamps, ids) -> the id gaps before them."""
+        values, ok = integer_ids(ids)
+        if not len(values):
+            return DetectedGaps.empty()
+        ts = np.asarray(ts, np.int64)[ok]
+        if self._state is not None:
+            values = np.concatenate(([self._state[0]], values))
+            ts = np.concatenate(([self._state[1]], ts))
+        top = np.maximum.accumulate(values)
+        self._state = (int(top[-1]), int(ts[-1]))
+        missing = values[1:] - top[:-1] - 1
+        k = np.flatnonzero(missing >= self.min_missing)
+        if not len(k):
+            return DetectedGaps.empty()
+        first, n = top[k] + 1, missing[k]
+        reasons = [f"trade_id_gap: 1 missing id ({a})" if c == 1 else
+                   f"trade_id_gap: {c} missing ids ({a}..{a + c - 1})"
+                   for a, c in zip(first.tolist(), n.tolist(), strict=True)]
+        start = ts[k]
+        return DetectedGaps(start, np.maximum(ts[k + 1], start), reasons)
+
+
+class SilenceDetector:
+    """Time gaps of one data type of one (exchange, symbol): exchange-time silences longer
+    than `max_silence_us`."""
+
+    def __init__(self, max_silence_us: int, data_type: str, state: int | None = None) -> None:
+        if max_silence_us <= 0:
+            raise ValueError(f"max_silence_us must be > 0, got {max_silence_us!r}")
+        self.max_silence_us = int(max_silence_us)
+        self.data_type = data_type
+        self._latest = state  # latest exchange timestamp seen
+
+    def snapshot(self) -> int | None:
+        return self._latest
+
+    def add(self, ts: np.ndarray) -> DetectedGaps:
+        """Exchange timestamps in arrival order -> the silences they end."""
+        ts = np.asarray(ts, np.int64)
+        if not len(ts):
+            return DetectedGaps.empty()
+        if self._latest is not None:
+            ts = np.concatenate(([self._latest], ts))
+        top = np.maximum.accumulate(ts)
+        self._latest = int(top[-1])
+        silence = ts[1:] - top[:-1]
+        k = np.flatnonzero(silence > self.max_silence_us)
+        if not len(k):
+            return DetectedGaps.empty()
+        reasons = [f"time_gap: {s / 1e6:.1f} s without {self.data_type}"
+                   for s in silence[k].tolist()]
+        return DetectedGaps(top[k], ts[k + 1], reasons)
+
+
+class GapLogic(StatefulBatchLogic[GapIn, GapOut, tuple]):
+    """Keyed step: `TickBatch` and `Gap` items -> `Gap` items (source gaps unchanged, then
+    the gaps each batch reveals, oldest first). With `passthrough`, each batch follows the
+    gaps it revealed, so a downstream candle step sees a gap before the trades after it."""
+
+    def __init__(self, rules: DerivedConfig.Gaps, *, passthrough: bool = False,
+                 resume: tuple | None = None) -> None:
+        self.rules = rules
+        self.passthrough = passthrough
+        self.exchange, self.symbol, ids, silences = (
+            resume if resume is not None else ("", "", None, ()))
+        self.ids = TradeIdGapDetector(rules.min_missing_ids, ids)
+        self.silences: dict[str, SilenceDetector] = {}
+        for data_type, latest in silences:
+            bound = self._bound(data_type)
+            if bound:
+                self.silences[data_type] = SilenceDetector(bound, data_type, latest)
+
+    def _bound(self, data_type: str) -> int:
+        try:
+            return int(self.rules.max_silence.get(route_of(data_type), 0))
+        except KeyError:
+            return 0
+
+    def on_batch(self, values: list[GapIn]) -> tuple[Iterable[GapOut], bool]:
+        out: list[GapOut] = []
+        for v in values:
+            if isinstance(v, Gap):
+                out.append(v)
+                continue
+            self.exchange, self.symbol = v.exchange, v.symbol
+            if len(v):
+                out.extend(self._detect(v))
+            if self.passthrough:
+                out.append(v)
+        return out, StatefulBatchLogic.RETAIN
+
+    def _detect(self, tb: TickBatch) -> list[Gap]:
+        ts, _ = int_column(tb.batch, "timestamp")
+        found: list[DetectedGaps] = []
+        if tb.data_type == "trades" and tb.exchange in self.rules.trade_id_exchanges:
+            found.append(self.ids.add(ts, tb.batch.column("id")))
+        silence = self.silences.get(tb.data_type)
+        if silence is None:
+            bound = self._bound(tb.data_type)
+            if bound:
+                silence = self.silences[tb.data_type] = SilenceDetector(bound, tb.data_type)
+        if silence is not None:
+            found.append(silence.add(ts))
+        gaps = [Gap(tb.exchange, tb.symbol, s, e, r, tb.source)
+                for d in found if len(d)
+                for s, e, r in zip(d.start_us.tolist(), d.end_us.tolist(), d.reasons,
+                                   strict=True)]
+        if gaps:
+            DERIVED_ROWS.inc(len(gaps), data_type="gaps")
+            gaps.sort(key=lambda g: (g.start_us, g.end_us))
+        return gaps
+
+    def snapshot(self) -> tuple:
+        silences = tuple(sorted((k, d.snapshot()) for k, d in self.silences.items()))
+        return (self.exchange, self.symbol, self.ids.snapshot(), silences)
+
+
+def gap_builder(rules: DerivedConfig.Gaps, *, passthrough: bool = False
+                ) -> Callable[[tuple | None], GapLogic]:
+    """The `builder` of `op.stateful_batch` for gaps (resume state in)."""
+
+    def build(resume: tuple | None) -> GapLogic:
+        return GapLogic(rules, passthrough=passthrough, resume=resume)
+
+    return build
+

@@ -1,0 +1,600 @@
+"""The tardis-machine WebSocket source against a real WebSocket server speaking its protocol.
+
+No mocks: tests/connectors/tardis/ws_server.py serves real normalized messages (the shared
+30 s BitMEX recording, the shared samples, synthetic trades) and misbehaves on cue (drops,
+stalls, frozen sockets, garbage frames). Timeouts are short so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import bytewax.operators as op
+import orjson
+import pyarrow as pa
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, run_main
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosedError, InvalidStatus
+
+from connectors.tardis.normalized import parse_iso_us
+from connectors.tardis.websocket import (
+    LiveTickStreamer,
+    SourceStats,
+    TardisMachineSource,
+    _Connection,
+    build_options,
+    machine_url,
+    public_url,
+)
+from dataflows.config import config_from_dict
+from operators.messages import DeadLetters, Gap, TickBatch
+from tests.conftest import shared_file
+from tests.connectors.tardis.ws_server import (
+    REPLAY_PATH,
+    Recorded,
+    Script,
+    TardisMachineServer,
+    load_jsonl,
+    parse_options,
+    recorded,
+    synthetic_trades,
+)
+
+BITMEX_TYPES = ["trade", "book_change", "book_snapshot_5_1000ms"]
+FAST = {"reconnect_initial_delay": "5ms", "reconnect_max_delay": "50ms", "open_timeout": "2s"}
+
+
+@pytest.fixture(scope="module")
+def bitmex() -> list[Recorded]:
+    return load_jsonl(shared_file("tardis-machine/bitmex_XBTUSD_2021-07-22_normalized.jsonl"))
+
+
+@pytest.fixture
+def no_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TARDIS_MACHINE_URL", raising=False)
+
+
+def source_for(server: TardisMachineServer, **kw: Any) -> TardisMachineSource:
+    settings: dict[str, Any] = {"url": server.url, "exchanges": {"bitmex": ["XBTUSD"]},
+                                "data_types": BITMEX_TYPES, "stop_on_normal_close": True, **FAST}
+    settings.update(kw)
+    return TardisMachineSource(**settings)
+
+
+def run_flow(source: TardisMachineSource) -> list[Any]:
+    """Run the source in a real Bytewax dataflow until the stream ends; return its items."""
+    flow = Dataflow("tardis_machine_test")
+    stream = op.input("inp", flow, source)
+    out: list[Any] = []
+    op.output("out", stream, TestingSink(out))
+    run_main(flow)
+    return out
+
+
+def poll(part: Any, until: float = 10.0) -> Iterator[list[Any]]:
+    """Call next_batch like Bytewax does until StopIteration (or fail after `until` s)."""
+    deadline = time.monotonic() + until
+    while True:
+        assert time.monotonic() < deadline, "source did not finish in time"
+        try:
+            yield part.next_batch()
+        except StopIteration:
+            return
+        time.sleep(0.001)
+
+
+def ticks(items: list[Any], data_type: str) -> pa.Table:
+    batches = [i.batch for i in items if isinstance(i, TickBatch) and i.data_type == data_type]
+    return pa.Table.from_batches(batches)
+
+
+def expected_rows(messages: list[Recorded]) -> dict[str, list[tuple[Any, ...]]]:
+    """Per data type, the rows the source must emit for these messages, built from the JSON."""
+    rows: dict[str, list[tuple[Any, ...]]] = {"trades": [], "incremental_book_L2": [],
+                                              "book_snapshot_5": []}
+    for m in messages:
+        d = orjson.loads(m.data)
+        ts, lts = parse_iso_us(d["timestamp"]), parse_iso_us(d["localTimestamp"])
+        if d["type"] == "trade":
+            rows["trades"].append((ts, lts, d["id"], d["side"], float(d["price"]),
+                                   float(d["amount"])))
+        elif d["type"] == "book_change":
+            for key, side in (("asks", "ask"), ("bids", "bid")):
+                for lv in d[key]:
+                    rows["incremental_book_L2"].append(
+                        (ts, lts, d["isSnapshot"], side, float(lv["price"]),
+                         float(lv["amount"])))
+        elif d["type"] == "book_snapshot":
+            rows["book_snapshot_5"].append(
+                (ts, lts, *(float(d[s][i]["price"]) for i in range(5) for s in ("asks",))))
+    return rows
+
+
+def emitted_rows(items: list[Any]) -> dict[str, list[tuple[Any, ...]]]:
+    out: dict[str, list[tuple[Any, ...]]] = {}
+    t = ticks(items, "trades")
+    out["trades"] = list(zip(*(t.column(c).cast(pa.int64()).to_pylist() if i < 2
+                               else t.column(c).to_pylist()
+                               for i, c in enumerate(["timestamp", "local_timestamp", "id",
+                                                      "side", "price", "amount"])), strict=True))
+    b = ticks(items, "incremental_book_L2")
+    out["incremental_book_L2"] = list(zip(
+        *(b.column(c).cast(pa.int64()).to_pylist() if i < 2 else b.column(c).to_pylist()
+          for i, c in enumerate(["timestamp", "local_timestamp", "is_snapshot", "side", "price",
+                                 "amount"])), strict=True))
+    s = ticks(items, "book_snapshot_5")
+    out["book_snapshot_5"] = list(zip(
+        s.column("timestamp").cast(pa.int64()).to_pylist(),
+        s.column("local_timestamp").cast(pa.int64()).to_pylist(),
+        *(s.column(f"asks_{i}_price").to_pylist() for i in range(5)), strict=True))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# options, URLs, configuration errors
+
+
+def test_options_follow_tardis_machine_and_round_trip_through_the_query(no_env_url):
+    src = TardisMachineSource(exchanges={"bitmex": ["XBTUSD", "ETHUSD"], "deribit": []},
+                              data_types=["trade", "book_snapshot_10_100ms"])
+    options = build_options(src.settings, ["bitmex", "deribit"])
+    assert options == [
+        {"exchange": "bitmex", "symbols": ["XBTUSD", "ETHUSD"],
+         "dataTypes": ["trade", "book_snapshot_10_100ms"], "withDisconnectMessages": True},
+        {"exchange": "deribit", "dataTypes": ["trade", "book_snapshot_10_100ms"],
+         "withDisconnectMessages": True},
+    ]
+    url = machine_url("ws://user:secret@tm.local:8001", options, replay=False)
+    assert url.startswith("ws://user:secret@tm.local:8001/ws-stream-normalized?options=%5B")
+    assert parse_options(url.split("?", 1)[1]) == options
+    assert public_url(url) == "ws://tm.local:8001/ws-stream-normalized"
+    assert src.url == "ws://localhost:8001/ws-stream-normalized"  # tardis-machine's WS port
+
+    replay = TardisMachineSource(exchanges={"bitmex": ["XBTUSD"]}, data_types=["trade"],
+                                 replay_from="2021-07-22T22:36:00Z",
+                                 replay_to="2021-07-22T22:37:00Z")
+    opts = build_options(replay.settings, ["bitmex"], {"bitmex": "2021-07-22T22:36:00.000Z"})
+    assert opts[0]["from"] == "2021-07-22T22:36:00.000Z"
+    assert opts[0]["to"] == "2021-07-22T22:37:00Z"
+    assert replay.url.endswith(REPLAY_PATH)
+
+
+def test_url_from_environment_overrides_config(monkeypatch):
+    monkeypatch.setenv("TARDIS_MACHINE_URL", "wss://tm.example:443/")
+    cfg = config_from_dict({"source": {"tardis_machine": {
+        "exchanges": {"bitmex": ["XBTUSD"]}, "stale_timeout": "2s", "max_batch_delay": "5ms"}}})
+    assert cfg.source.tardis_machine.stale_timeout == 2_000_000
+    src = TardisMachineSource.from_config(cfg)
+    assert src.settings.url == "wss://tm.example:443"
+    assert src.settings == cfg.source.tardis_machine.model_copy(update={"url": src.settings.url})
+    assert TardisMachineSource.from_config(cfg, url="ws://explicit:1").settings.url == (
+        "ws://explicit:1")
+    monkeypatch.setenv("TARDIS_MACHINE_URL", "http://not-a-websocket")
+    with pytest.raises(ValueError, match=r"url from TARDIS_MACHINE_URL.*\n  url: expected a "
+                                         r"ws:// or wss:// URL"):
+        TardisMachineSource.from_config(cfg)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"exchanges": {}}, "no exchanges configured"),
+    ({"data_types": ["trade", "bookchange"]},
+     "data_types: unknown tardis-machine data type 'bookchange'"),
+    ({"data_types": ["trade_bar_1m"]}, "the flow builds its own candles from 'trade'"),
+    ({"replay_from": "2021-07-22"}, "replay_from and replay_to go together"),
+    ({"replay_from": "2021-07-23", "replay_to": "2021-07-22"}, "replay_from must be before"),
+    ({"replay_from": "22/07/2021", "replay_to": "2021-07-23"},
+     "replay_from: expected an ISO 8601 date"),
+    ({"url": "ws://h:1/?options=x"}, "must not carry a query"),
+    ({"exchanges": {"bitmex": ["XBTUSD", "XBTUSD"]}}, "bitmex: a symbol is listed twice"),
+    ({"max_batch_rows": 0}, "max_batch_rows: Input should be greater than or equal to 1"),
+    ({"stale_timeout": "soon"}, "stale_timeout: expected a duration"),
+    ({"bogus": 1}, "bogus: unknown key"),
+])
+def test_invalid_settings_are_clear_errors(no_env_url, settings, message):
+    kw = {"exchanges": {"bitmex": ["XBTUSD"]}, **settings}
+    with pytest.raises(ValueError, match=message) as err:
+        TardisMachineSource(**kw)
+    assert "Traceback" not in str(err.value)
+
+
+def test_routes_keep_only_the_data_types_the_flow_uses(no_env_url):
+    cfg = config_from_dict({"source": {"tardis_machine": {
+        "exchanges": {"bitmex": ["XBTUSD"]},
+        "data_types": ["trade", "book_change", "book_snapshot_5_100ms", "quote"]}}})
+    section = cfg.source.tardis_machine
+    src = TardisMachineSource.from_config(section, routes=["trades", "book_snapshots", "gaps"])
+    assert src.settings.data_types == ["trade", "book_snapshot_5_100ms"]
+    assert TardisMachineSource.from_config(cfg).settings.data_types == section.data_types
+    with pytest.raises(ValueError, match="none of data_types .* feeds an enabled route"):
+        TardisMachineSource.from_config(section, routes=["liquidations"])
+
+
+def test_compatibility_name():
+    assert LiveTickStreamer is TardisMachineSource
+
+
+# --------------------------------------------------------------------------------------------
+# the test server's protocol
+
+
+def test_server_refuses_bad_options_like_tardis_machine(bitmex):
+    async def attempt(url: str) -> str:
+        try:
+            async with connect(url, open_timeout=2) as ws:
+                await ws.recv()
+        except InvalidStatus as e:
+            return f"{e.response.status_code} {e.response.body.decode().strip()}"
+        except ConnectionClosedError as e:
+            assert e.rcvd is not None
+            return f"{e.rcvd.code} {e.rcvd.reason}"
+        return "accepted"
+
+    with TardisMachineServer(bitmex) as server:
+        base = server.url + "/ws-stream-normalized"
+        assert asyncio.run(attempt(base)) == "400 missing 'options' query parameter"
+        assert asyncio.run(attempt(base + "?options=%7Bexchange")).startswith(
+            "400 'options' is not valid JSON")
+        bad_type = machine_url(server.url, [{"exchange": "bitmex", "dataTypes": ["trades"]}],
+                               replay=False)
+        assert asyncio.run(attempt(bad_type)) == "1011 Error: invalid data type: trades"
+        no_from = machine_url(server.url, [{"exchange": "bitmex", "dataTypes": ["trade"]}],
+                              replay=True)
+        assert asyncio.run(attempt(no_from)).startswith('1011 Error: Invalid "from" argument')
+        assert asyncio.run(attempt(server.url + "/ws-replay?options=%5B%5D")).startswith("404")
+
+
+def test_server_filters_by_exchange_symbol_and_data_type(bitmex):
+    async def receive(url: str) -> list[dict[str, Any]]:
+        async with connect(url) as ws:
+            return [orjson.loads(m) async for m in ws]
+
+    extra = recorded([{**orjson.loads(bitmex[0].data), "symbol": "ETHUSD"}])
+    with TardisMachineServer(bitmex + extra) as server:
+        url = machine_url(server.url, [{"exchange": "bitmex", "symbols": ["xbtusd"],
+                                        "dataTypes": ["trade"]}], replay=False)
+        got = asyncio.run(receive(url))
+    assert len(got) == 15 and {(m["type"], m["symbol"]) for m in got} == {("trade", "XBTUSD")}
+
+
+# --------------------------------------------------------------------------------------------
+# the recording through a real Bytewax dataflow
+
+
+@pytest.mark.parametrize("replay", [False, True], ids=["live", "replay"])
+def test_bitmex_recording_gives_every_row_exactly_once(bitmex, no_env_url, replay):
+    extra = {"replay_from": "2021-07-22T22:36:10Z", "replay_to": "2021-07-22T22:37:00Z"} if (
+        replay) else {}
+    with TardisMachineServer(bitmex) as server:
+        source = source_for(server, max_batch_rows=200, **extra)
+        items = run_flow(source)
+        assert [c.path for c in server.connections] == [
+            "/ws-replay-normalized" if replay else "/ws-stream-normalized"]
+    assert all(isinstance(i, TickBatch) for i in items)
+    assert emitted_rows(items) == expected_rows(bitmex)
+    assert len(ticks(items, "incremental_book_L2")) == sum(
+        len(d["asks"]) + len(d["bids"]) for d in map(orjson.loads, (m.data for m in bitmex))
+        if d["type"] == "book_change")
+    for item in items:
+        assert item.exchange == "bitmex" and item.symbol == "XBTUSD"
+        assert item.source == source.url and "?" not in item.source
+        assert item.lines is None
+    stats = source.stats
+    assert (stats.messages, stats.malformed, stats.gaps, stats.connects) == (1344, 0, 0, 1)
+    assert stats.rows == 15 + 29 + len(ticks(items, "incremental_book_L2"))
+    assert stats.batches == len(items)
+
+
+def test_batches_are_bounded_by_max_rows(bitmex, no_env_url):
+    with TardisMachineServer(bitmex) as server:
+        items = run_flow(source_for(server, max_batch_rows=50, max_batch_delay="10s"))
+    book = [i for i in items if i.data_type == "incremental_book_L2"]
+    biggest_message = max(len(d["asks"]) + len(d["bids"])
+                          for d in map(orjson.loads, (m.data for m in bitmex))
+                          if d["type"] == "book_change")
+    assert len(book) > 10
+    assert all(len(b) < 50 + biggest_message for b in book)
+    assert all(len(i) <= 50 for i in items if i.data_type == "trades")
+
+
+def test_one_streamer_covers_several_exchanges(bitmex, no_env_url):
+    deribit = orjson.loads(shared_file("tardis-machine/derivative_ticker.json").read_bytes())
+    messages = bitmex[:200] + recorded([deribit])
+    for per_exchange in (False, True):
+        with TardisMachineServer(messages) as server:
+            source = source_for(server, exchanges={"bitmex": ["XBTUSD"],
+                                                   "deribit": ["BTC-PERPETUAL"]},
+                                data_types=["trade", "book_change", "derivative_ticker"],
+                                connection_per_exchange=per_exchange)
+            items = run_flow(source)
+            opts = [c.options for c in server.connections]
+        kinds = Counter((i.exchange, i.data_type) for i in items)
+        assert set(kinds) == {("bitmex", "incremental_book_L2"), ("bitmex", "trades"),
+                              ("deribit", "derivative_ticker")}
+        if per_exchange:
+            assert sorted(o[0]["exchange"] for o in opts) == ["bitmex", "deribit"]
+        else:
+            assert [[o["exchange"] for o in opts[0]]] == [["bitmex", "deribit"]]
+        snapshots = sum(m.type == "book_snapshot" for m in bitmex[:200])  # not subscribed
+        assert source.stats.messages == 200 - snapshots + 1
+
+
+# --------------------------------------------------------------------------------------------
+# connection life
+
+
+def last_ts_before(messages: list[Recorded], end: int) -> int:
+    """Exchange timestamp the source holds as 'last message' of XBTUSD after messages[:end]:
+    the latest of the last timestamps of each data type."""
+    last: dict[str, int] = {}
+    for m in messages[:end]:
+        d = orjson.loads(m.data)
+        last[d.get("name") or d["type"]] = parse_iso_us(d["timestamp"])
+    return max(last.values())
+
+
+@pytest.mark.parametrize("drop_code", [None, 1011], ids=["tcp-drop", "close-1011"])
+def test_dropped_connection_gives_gap_and_reconnect_without_loss_or_duplicates(
+        bitmex, no_env_url, drop_code):
+    k, lost = 400, 25
+    with TardisMachineServer(bitmex, scripts=[Script(drop_after=k, drop_code=drop_code)],
+                             lost_on_drop=lost) as server:
+        source = source_for(server)
+        items = run_flow(source)
+        first, second = server.connections
+    assert len(first.sent) == k and second.sent[0] == k + lost
+    delivered = bitmex[:k] + bitmex[k + lost:]
+    assert emitted_rows(items) == expected_rows(delivered)
+    gaps = [i for i in items if isinstance(i, Gap)]
+    assert len(gaps) == 1
+    gap = gaps[0]
+    assert (gap.exchange, gap.symbol) == ("bitmex", "XBTUSD")
+    assert gap.start_us == last_ts_before(bitmex, k)
+    assert gap.end_us == parse_iso_us(orjson.loads(bitmex[k + lost].data)["timestamp"])
+    assert gap.reason.startswith("connection lost: ")
+    assert ("1011" in gap.reason) if drop_code else ("without a close frame" in gap.reason)
+    # the gap comes before any row received after the reconnect
+    gap_at = items.index(gap)
+    after = [i for i in items[gap_at:] if isinstance(i, TickBatch)]
+    assert after and all(pa.compute.min(i.batch.column("local_timestamp")).value
+                         >= parse_iso_us(orjson.loads(bitmex[k + lost].data)["localTimestamp"])
+                         for i in after)
+    stats = source.stats
+    assert (stats.connects, stats.reconnects, stats.gaps) == (2, 1, 1)
+
+
+def test_replay_resumes_after_a_drop_with_nothing_lost_or_repeated(bitmex, no_env_url):
+    with TardisMachineServer(bitmex, scripts=[Script(drop_after=500)]) as server:
+        source = source_for(server, replay_from="2021-07-22T22:36:10Z",
+                            replay_to="2021-07-22T22:37:00Z")
+        items = run_flow(source)
+        first, second = server.connections
+    # tardis-machine replays whole minutes: the resumed request starts at the minute...
+    assert second.options is not None and second.options[0]["from"] == "2021-07-22T22:36:00.000Z"
+    assert second.sent[0] == 0
+    # ...and the source skips what it already had: every row exactly once, no gap
+    assert emitted_rows(items) == expected_rows(bitmex)
+    assert not any(isinstance(i, Gap) for i in items)
+    assert source.stats.duplicates_skipped == 500
+    assert source.stats.reconnects == 1
+
+
+def test_stall_beyond_stale_timeout_reconnects_with_a_gap(bitmex, no_env_url):
+    k = 60
+    with TardisMachineServer(bitmex, scripts=[Script(stall_after=k, stall_seconds=1.5)]
+                             ) as server:
+        source = source_for(server, stale_timeout="200ms", ping_interval="5s")
+        part = source.build_part("inp", "tardis-machine", None)
+        items: list[Any] = []
+        durations: list[float] = []
+        deadline = time.monotonic() + 10
+        try:
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    items += part.next_batch()
+                except StopIteration:
+                    break
+                durations.append(time.perf_counter() - t0)
+                time.sleep(0.001)
+        finally:
+            part.close()
+        assert len(server.connections) == 2
+    gaps = [i for i in items if isinstance(i, Gap)]
+    assert len(gaps) == 1 and gaps[0].reason.startswith("connection lost: stale: no message")
+    assert gaps[0].start_us == last_ts_before(bitmex, k)
+    assert emitted_rows(items) == expected_rows(bitmex)  # live feed waited: nothing lost
+    # next_batch never waits on the network: the 1.5 s stall never shows in a call
+    durations.sort()
+    assert durations[len(durations) * 9 // 10] < 0.005
+    assert durations[-1] < 0.15
+
+
+def test_frozen_socket_is_found_by_ping_timeout(bitmex, no_env_url):
+    k = 30
+    with TardisMachineServer(bitmex, scripts=[
+            Script(stall_after=k, stall_seconds=2, freeze_socket=True)]) as server:
+        source = source_for(server, stale_timeout=0, ping_interval="100ms",
+                            ping_timeout="150ms")
+        t0 = time.monotonic()
+        items = run_flow(source)
+        elapsed = time.monotonic() - t0
+        assert len(server.connections) == 2
+    gaps = [i for i in items if isinstance(i, Gap)]
+    assert len(gaps) == 1 and "no pong within ping_timeout" in gaps[0].reason
+    assert elapsed < 1.5  # found well before the server's 2 s freeze ends
+    assert emitted_rows(items) == expected_rows(bitmex)
+
+
+def test_quiet_symbol_is_not_a_dead_socket(no_env_url):
+    # ETHUSD trades once at the start, XBTUSD keeps trading for 3 stale timeouts
+    messages = synthetic_trades(1, symbols=("ETHUSD",)) + synthetic_trades(
+        300, symbols=("XBTUSD",), start_us=1_626_993_360_001_000)
+    with TardisMachineServer(messages, pace=1000) as server:
+        source = source_for(server, exchanges={"bitmex": ["XBTUSD", "ETHUSD"]},
+                            data_types=["trade"], stale_timeout="100ms")
+        items = run_flow(source)
+        assert len(server.connections) == 1
+    stats = source.stats
+    assert (stats.connects, stats.gaps, stats.messages) == (1, 0, 301)
+    assert not any(isinstance(i, Gap) for i in items)
+    now = time.time()
+    assert stats.message_age("bitmex:ETHUSD", now) > stats.message_age("bitmex:XBTUSD", now) + 0.2
+    assert stats.message_age("bitmex:SOLUSD", now) is None
+
+
+def test_garbage_frames_are_quarantined_counted_and_the_stream_continues(bitmex, no_env_url):
+    trade = next(orjson.loads(m.data) for m in bitmex if m.type == "trade")
+    garbage: dict[int, str | bytes] = {
+        5: "this is not json",
+        10: b"\x00\xff\xfe binary frame",
+        15: "[1, 2, 3]",
+        20: orjson.dumps({"type": "trade", "exchange": "bitmex"}).decode(),
+        25: orjson.dumps({**trade, "type": "book_ticker"}).decode(),
+        30: orjson.dumps({**trade, "price": "32180.5"}).decode(),
+    }
+    with TardisMachineServer(bitmex, scripts=[Script(garbage=garbage)]) as server:
+        source = source_for(server)
+        items = run_flow(source)
+        assert server.connections[0].garbage_sent == 6
+    assert emitted_rows(items) == expected_rows(bitmex)  # every real message still delivered
+    letters = [i for i in items if isinstance(i, DeadLetters)]
+    rows = pa.Table.from_batches([d.batch for d in letters]).to_pylist()
+    assert len(rows) == 6
+    by_raw = {r["raw"]: r for r in rows}
+    assert by_raw["this is not json"]["reason"].startswith("invalid JSON")
+    assert by_raw["\x00\ufffd\ufffd binary frame"]["reason"].startswith("invalid JSON")
+    assert by_raw["[1, 2, 3]"]["reason"] == "expected a JSON object, got list"
+    assert by_raw[garbage[20]]["reason"] == "message has no 'symbol'"
+    assert by_raw[garbage[25]]["reason"] == "unsupported message type 'book_ticker'"
+    assert by_raw[garbage[30]]["reason"] == "price: expected a number, got '32180.5'"
+    assert by_raw[garbage[30]]["data_type"] == "trades"
+    assert {r["kind"] for r in rows} == {"rejected"}
+    assert {r["source"] for r in rows} == {source.url}
+    stats = source.stats
+    assert (stats.malformed, stats.rejected, stats.dead_letters) == (5, 1, 6)
+    assert stats.connects == 1 and stats.gaps == 0
+
+
+def test_fragmented_messages_are_assembled_in_order(bitmex, no_env_url):
+    # tardis-machine sends one frame per message; a fragmented one must still arrive whole
+    # and in order (the source then leaves its direct frame path for websockets' assembler)
+    with TardisMachineServer(bitmex, scripts=[Script(fragmented=frozenset({3, 700}))]
+                             ) as server:
+        source = source_for(server)
+        items = run_flow(source)
+    assert emitted_rows(items) == expected_rows(bitmex)
+    assert source.stats.malformed == 0
+
+
+def test_tardis_disconnect_message_becomes_a_gap(no_env_url):
+    ticker = orjson.loads(shared_file("tardis-machine/derivative_ticker.json").read_bytes())
+    disconnect = orjson.loads(shared_file("tardis-machine/disconnect.json").read_bytes())
+    assert disconnect["exchange"] == ticker["exchange"] == "deribit"
+    after = {**ticker, "timestamp": "2019-10-23T11:35:02.100Z",
+             "localTimestamp": "2019-10-23T11:35:02.150Z", "markPrice": 7990.0}
+    with TardisMachineServer(recorded([ticker, disconnect, after])) as server:
+        source = source_for(server, exchanges={"deribit": ["BTC-PERPETUAL"]},
+                            data_types=["derivative_ticker"])
+        items = run_flow(source)
+    gaps = [i for i in items if isinstance(i, Gap)]
+    assert gaps == [Gap("deribit", "BTC-PERPETUAL", parse_iso_us(ticker["timestamp"]),
+                        parse_iso_us(after["timestamp"]),
+                        "tardis-machine disconnect message: deribit feed disconnected at "
+                        "2019-10-23T11:34:29.416Z", source.url)]
+    kinds = [type(i).__name__ for i in items]
+    assert kinds == ["TickBatch", "Gap", "TickBatch"]  # rows before, the gap, rows after
+    assert source.stats.disconnect_messages == 1
+
+
+def test_server_refusal_is_retried_and_reported(no_env_url, bitmex):
+    with TardisMachineServer(bitmex) as server:
+        source = source_for(server, url=server.url + "/behind-a-proxy")
+        part = source.build_part("inp", "tardis-machine", None)
+        try:
+            deadline = time.monotonic() + 5
+            while source.stats.connect_failures < 3 and time.monotonic() < deadline:
+                assert part.next_batch() == []
+                time.sleep(0.005)
+        finally:
+            part.close()
+    stats = source.stats
+    assert stats.connect_failures >= 3 and stats.connects == 0
+    assert stats.last_error == ("tardis-machine refused the request: HTTP 404 no endpoint "
+                                "/behind-a-proxy/ws-stream-normalized")
+
+
+def test_backoff_is_exponential_with_full_jitter(no_env_url):
+    src = TardisMachineSource(exchanges={"bitmex": ["XBTUSD"]}, reconnect_initial_delay="100ms",
+                              reconnect_max_delay="1s")
+    conn = _Connection(src.settings, lambda: "", __import__("collections").deque(), SourceStats(),
+                       False, False, "test")
+    conn._random = random.Random(7)
+    for attempt, cap in [(0, 0.1), (1, 0.2), (2, 0.4), (3, 0.8), (4, 1.0), (50, 1.0)]:
+        delays = [conn.backoff_delay(attempt) for _ in range(400)]
+        assert 0 <= min(delays) < cap * 0.05  # full jitter reaches down to zero
+        assert cap * 0.95 < max(delays) <= cap  # and up to the exponential cap
+
+
+# --------------------------------------------------------------------------------------------
+# snapshots (resume state)
+
+
+def collect_until(part: Any, n_items: int) -> list[Any]:
+    items: list[Any] = []
+    for batch in poll(part):
+        items += batch
+        if len(items) >= n_items:
+            break
+    return items
+
+
+def test_replay_restart_from_snapshot_gives_every_row_exactly_once(bitmex, no_env_url):
+    replay = {"replay_from": "2021-07-22T22:36:10Z", "replay_to": "2021-07-22T22:37:00Z"}
+    with TardisMachineServer(bitmex, pace=20_000) as server:
+        # long delay, small max rows: some groups are always pending at snapshot time
+        source = source_for(server, max_batch_rows=300, max_batch_delay="1h", **replay)
+        part = source.build_part("inp", "tardis-machine", None)
+        first = collect_until(part, 8)
+        state = pickle.loads(pickle.dumps(part.snapshot()))
+        part.close()
+        assert len(pickle.dumps(state)) < 2000
+        resumed = source_for(server, max_batch_rows=300, max_batch_delay="1h", **replay)
+        part2 = resumed.build_part("inp", "tardis-machine", state)
+        rest = [i for b in poll(part2) for i in b]
+        assert server.connections[1].options[0]["from"] == "2021-07-22T22:36:00.000Z"
+    assert emitted_rows(first + rest) == expected_rows(bitmex)
+    assert resumed.stats.duplicates_skipped > 0
+
+
+def test_live_restart_from_snapshot_opens_a_restart_gap(bitmex, no_env_url):
+    k = 200
+    # the first connection gets k messages, then the feed stalls while the process "crashes"
+    with TardisMachineServer(bitmex, scripts=[Script(stall_after=k, stall_seconds=30)]
+                             ) as server:
+        source = source_for(server, max_batch_delay="0s")
+        part = source.build_part("inp", "tardis-machine", None)
+        first: list[Any] = []
+        for batch in poll(part):
+            first += batch
+            if source.stats.messages == k:  # max_batch_delay 0: all emitted
+                break
+        state = pickle.loads(pickle.dumps(part.snapshot()))
+        part.close()
+        resumed = source_for(server)
+        rest = [i for b in poll(resumed.build_part("inp", "tardis-machine", state)) for i in b]
+        assert server.connections[1].sent[0] == k
+    assert emitted_rows(first) == expected_rows(bitmex[:k])
+    assert emitted_rows(rest) == expected_rows(bitmex[k:])
+    gap = rest[0]
+    assert isinstance(gap, Gap) and gap.reason == "restart: resumed from a snapshot"
+    assert gap.start_us == last_ts_before(bitmex, k)
+    assert gap.end_us == parse_iso_us(orjson.loads(bitmex[k].data)["timestamp"])
+    assert sum(isinstance(i, Gap) for i in rest) == 1
