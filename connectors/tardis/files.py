@@ -41,9 +41,11 @@ SourceItem = TickBatch | DeadLetters
 
 # Decompression and CSV parsing release the GIL: reading the next chunk on this pool while
 # the flow processes the current one keeps both cores busy. At most _AHEAD_SLOTS chunks are
-# read ahead in the whole process, whatever the number of partitions, so memory stays flat.
+# read ahead in the whole process, whatever the number of partitions, so memory stays flat
+# (a few MB of Arrow per slot); more slots than workers lets partitions polled round-robin
+# find their next chunk ready instead of reading it on the flow's thread.
 _READ_AHEAD = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tardis-read-ahead")
-_AHEAD_SLOTS = threading.BoundedSemaphore(2)
+_AHEAD_SLOTS = threading.BoundedSemaphore(16)
 
 
 class _InFlight:
@@ -116,6 +118,7 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
         self._throttled = False
         self._throttled_since = 0.0
         self._ahead: Future[tuple[int, int, ParsedChunk] | None] | None = None
+        self._submit_ahead()
 
     def _open_current(self) -> None:
         f = self._files[self._index]
@@ -124,7 +127,10 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
         self._chunks = iter(self._chunker)
 
     def _read_next(self) -> tuple[int, int, ParsedChunk] | None:
-        """Decompress and parse the next chunk (on the read-ahead pool); None at file end."""
+        """Open the current file if needed, decompress and parse its next chunk (on the
+        read-ahead pool); None at file end."""
+        if self._chunks is None:
+            self._open_current()
         assert self._chunks is not None and self._parser is not None
         chunk = next(self._chunks, None)
         if chunk is None:
@@ -133,7 +139,8 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
 
     def _submit_ahead(self) -> None:
         """Read the next chunk on the pool if a read-ahead slot is free."""
-        if _AHEAD_SLOTS.acquire(blocking=False):
+        if self._ahead is None and self._index < len(self._files) \
+                and _AHEAD_SLOTS.acquire(blocking=False):
             self._ahead = _READ_AHEAD.submit(self._read_next)
 
     def _take_next(self) -> tuple[int, int, ParsedChunk] | None:
@@ -163,14 +170,13 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
                 self._status.done()
                 raise StopIteration()
             try:
-                if self._chunks is None:
-                    self._open_current()
                 result = self._take_next()
             except InputError as e:
                 self._status.failed(str(e))
                 raise
             if result is None:
                 items = self._finish_file()
+                self._submit_ahead()  # the next file's first chunk
                 if items:
                     return items
                 continue

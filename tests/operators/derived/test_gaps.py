@@ -67,6 +67,17 @@ def test_non_integer_ids_are_skipped():
     assert det.add(np.arange(9) * S, mixed).reasons == ["trade_id_gap: 1 missing id (4)"]
 
 
+def test_integer_ids_accepts_exactly_1_to_18_ascii_digits():
+    import re
+
+    odd = ["", "0", "007", "+5", " 5", "5 ", "0x10", "\u0663", "1" * 18, "1" * 19, "12a", None]
+    _, ok = integer_ids(pa.array(odd))
+    assert ok.tolist() == [v is not None and re.fullmatch(r"[0-9]{1,18}", v) is not None
+                           for v in odd]
+    values, ok = integer_ids(pa.array([3, None, -1, 4], pa.int64()))
+    assert values.tolist() == [3, 4] and ok.tolist() == [True, False, False, True]
+
+
 def test_min_missing_ids_and_trade_id_exchanges():
     ids = ["1", "2", "4", "5", "8"]
     tb = trades([T0 + i * S for i in range(5)], [1.0] * 5, ids=ids)
