@@ -155,7 +155,7 @@ def test_the_pod_scripts_and_chart_entrypoints_are_in_the_workdir() -> None:
 
 
 def _tool(name: str) -> str | None:
-    """A linter from the test extras: in this interpreter's bin/ (an unactivated venv), or on PATH."""
+    """A test-extras linter: in this interpreter's bin/ (unactivated venv), else on PATH."""
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else shutil.which(name)
 
