@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -156,6 +156,10 @@ def _derived_streams(cfg: StreamingConfig, routes: Any, native: list[str]) -> li
     return out
 
 
+def _is_dead_letters(x: CandleBatch | DeadLetters) -> TypeGuard[DeadLetters]:
+    return isinstance(x, DeadLetters)
+
+
 def build_flow(cfg: StreamingConfig, plan: RunPlan | None = None, *,
                flow_id: str = "market_data", source: Any = None) -> Dataflow:
     """The flow of `plan` (default: the config's own mode and outputs); `source` replaces
@@ -194,9 +198,10 @@ def build_flow(cfg: StreamingConfig, plan: RunPlan | None = None, *,
         built = op.key_rm("candles_out", op.stateful_batch(
             "candles", keyed, candle_builder(cfg.candles.timeframes_us(), policy,
                                              wall_clock=plan.wall_clock)))
-        split = op.branch("late_or_candles", built, lambda x: isinstance(x, DeadLetters))
+        split = op.branch("late_or_candles", built, _is_dead_letters)
         dead.append(split.trues)
-        keyed_candles = op.key_on("key_candles", split.falses, lambda c: c.key)
+        closed = cast(Stream[CandleBatch], split.falses)  # the step emits nothing else
+        keyed_candles = op.key_on("key_candles", closed, lambda c: c.key)
         candles = op.key_rm("features_out", op.stateful_batch(
             "features", keyed_candles, feature_builder(cfg.features.periods)))
         _candle_outputs(cfg, plan, candles)
@@ -205,8 +210,8 @@ def build_flow(cfg: StreamingConfig, plan: RunPlan | None = None, *,
         derived = [op.map(f"derived_rows_{i}", s, derived_table_rows)
                    for i, s in enumerate(_derived_streams(cfg, routes, native))]
         if plan.persist_backend == "jsonl":
-            outs = streams + [op.map(f"derived_jsonl_{i}", d, lambda kv: kv[1])
-                              for i, d in enumerate(derived)]
+            outs: list[Stream[Any]] = [*streams, *(
+                op.map(f"derived_jsonl_{i}", d, lambda kv: kv[1]) for i, d in enumerate(derived))]
             ticks = op.merge("all_ticks", *outs) if len(outs) > 1 else outs[0]
             op.output("ticks_jsonl", ticks, JsonLinesSink(plan.jsonl_target or "-"))
         else:

@@ -69,6 +69,7 @@ def plan_run(
     """Resolve a run. `mode`, `inputs` and `output` come from the command line (replay)."""
     env = os.environ if env is None else env
     run_mode = mode or cfg.mode
+    outputs: tuple[str, ...]
     if mode and mode != cfg.mode:
         outputs = ("serve",) if mode == "streaming-candles-serve" else ("persist",)
     else:
@@ -82,7 +83,7 @@ def plan_run(
     if source_kind == "files" and not globs and run_mode != "live-instruments-sync":
         raise ConfigError("no input files: set source.files.paths or pass --input")
 
-    backend = cfg.persist.backend
+    backend: str = cfg.persist.backend
     parquet_dir = cfg.resolve_path(cfg.persist.parquet.path)
     jsonl_target = None
     if output is not None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
+from bytewax.operators import BranchOut
 
 from connectors.tardis.datatypes import route_of
 from operators import metrics
@@ -34,6 +36,10 @@ class Routes:
     gaps: Stream[Gap]
 
 
+def _is_route(name: str, item: TickBatch) -> bool:
+    return _route_name(item) == name
+
+
 def _route_name(item: TickBatch) -> str:
     return route_of(item.data_type)
 
@@ -46,8 +52,8 @@ def route(step_id: str, up: Stream, enabled: Iterable[str]) -> Routes:
     ticks: dict[str, Stream[TickBatch]] = {}
     remaining: Stream = rest.falses
     for name in enabled:
-        b = op.branch(f"{step_id}_{name}", remaining,
-                      lambda x, name=name: _route_name(x) == name)
+        b: BranchOut[TickBatch, TickBatch] = op.branch(
+            f"{step_id}_{name}", remaining, partial(_is_route, name))
         ticks[name] = b.trues
         remaining = b.falses
     warned: set[str] = set()

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 class ServeSection(Protocol):
     """The `serve:` section of streaming.yaml (dataflows.config.ServeConfig)."""
 
-    transport: str
+    @property
+    def transport(self) -> str: ...
     redis_url: str
     stream_maxlen: int
     key_prefix: str

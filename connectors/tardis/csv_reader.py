@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import orjson
@@ -77,7 +78,7 @@ class LineChunker:
         self.problem_line: int | None = None
         self.tail = b""
         self.lines_read = 0
-        self._raw = None
+        self._raw: BinaryIO | None = None
         self._dec: zlib._Decompress | None = None  # type: ignore[name-defined]
         self._buf = bytearray()
         self._eof = False
