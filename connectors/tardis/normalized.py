@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -300,6 +301,11 @@ class _Errors:
         return arr
 
 
+def _field(messages: Sequence[Message], key: str) -> list[Any]:
+    """One field of every message (None where absent); map over dict.get is the fast path."""
+    return [*map(dict.get, messages, repeat(key))]
+
+
 def build_batch(data_type: str, exchange: str, symbol: str,
                 messages: Sequence[Message]) -> BuiltBatch:
     """Arrow rows (schema of `data_type`) for messages of one (exchange, symbol, data type)."""
@@ -312,9 +318,9 @@ def build_batch(data_type: str, exchange: str, symbol: str,
         "exchange": pa.array([exchange] * n, type=pa.string()),
         "symbol": pa.array([symbol] * n, type=pa.string()),
         "timestamp": errors.column(
-            "timestamp", parse_timestamps([m.get("timestamp") for m in messages])),
+            "timestamp", parse_timestamps(_field(messages, "timestamp"))),
         "local_timestamp": errors.column(
-            "local_timestamp", parse_timestamps([m.get("localTimestamp") for m in messages])),
+            "local_timestamp", parse_timestamps(_field(messages, "localTimestamp"))),
     }
     if data_type.startswith("book_snapshot_"):
         columns.update(_snapshot_columns(spec, messages, errors))
@@ -322,10 +328,49 @@ def build_batch(data_type: str, exchange: str, symbol: str,
         columns.update(_quote_columns(messages, errors))
     else:
         for column, key, kind in _FIELDS[data_type]:
-            columns[column] = errors.column(column, _CONVERT[kind]([m.get(key) for m in messages]))
+            columns[column] = errors.column(column, _CONVERT[kind](_field(messages, key)))
     batch = pa.RecordBatch.from_arrays([columns[f.name] for f in spec.schema],
                                        schema=spec.schema)
     return _finish(spec, batch, errors.by_message, None, None)
+
+
+def build_batches(data_type: str, groups: Sequence[tuple[str, str, Sequence[Message]]]
+                  ) -> list[BuiltBatch]:
+    """`build_batch` for several (exchange, symbol, messages) groups of one data type at once.
+
+    The live source flushes many symbols' micro-batches together; building them as one Arrow
+    batch and slicing it per group costs one fixed overhead instead of one per symbol (the
+    fixed part dominates below a few hundred messages). Results equal `build_batch` per group,
+    with `rejected` indexed within each group.
+    """
+    if len(groups) == 1 or data_type == "incremental_book_L2":  # book_change: rows != messages
+        return [build_batch(data_type, e, s, m) for e, s, m in groups]
+    counts = np.array([len(m) for _, _, m in groups], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    exchange0, symbol0 = groups[0][0], groups[0][1]
+    whole = build_batch(data_type, exchange0, symbol0, [m for _, _, ms in groups for m in ms])
+    owner = np.repeat(np.arange(len(groups)), counts)  # one row per message
+    rejected_at = np.fromiter(whole.rejected, dtype=np.int64, count=len(whole.rejected))
+    kept = np.bincount(np.delete(owner, rejected_at), minlength=len(groups))
+    rejected: list[dict[int, str]] = [{} for _ in groups]
+    for i, why in whole.rejected.items():
+        g = int(owner[i])
+        rejected[g][i - int(starts[g])] = why
+    out: list[BuiltBatch] = []
+    offset = 0
+    names = whole.batch.schema.names
+    ex_col, sym_col = names.index("exchange"), names.index("symbol")
+    for g, (exchange, symbol, _) in enumerate(groups):
+        part = whole.batch.slice(offset, int(kept[g]))
+        offset += int(kept[g])
+        if exchange != exchange0:
+            part = part.set_column(ex_col, part.schema.field(ex_col),
+                                   pa.repeat(pa.scalar(exchange, pa.string()), len(part)))
+        if symbol != symbol0:
+            part = part.set_column(sym_col, part.schema.field(sym_col),
+                                   pa.repeat(pa.scalar(symbol, pa.string()), len(part)))
+        out.append(BuiltBatch(part, rejected[g], len(rejected[g])))
+    return out
 
 
 def _levels(messages: Sequence[Message], key: str, errors: _Errors) -> list[list[Any]]:

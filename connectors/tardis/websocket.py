@@ -70,7 +70,8 @@ from websockets.protocol import Event, State
 
 from connectors.tardis.datatypes import route_of
 from connectors.tardis.normalized import (
-    build_batch,
+    BuiltBatch,
+    build_batches,
     machine_data_type,
     message_data_type,
     parse_iso_us,
@@ -787,20 +788,36 @@ class _Assembler:
     # -- batching ----------------------------------------------------------------------------
 
     def _flush(self, st: _Stream) -> None:
-        msgs, raws = st.msgs, st.raws
-        st.msgs, st.raws, st.rows = [], [], 0
-        st.emit_local, st.emit_run, st.emit_ts = st.last_local, st.run, st.last_ts
-        self._pending.pop(st.key, None)
+        self._flush_many([st])
+
+    def _flush_many(self, streams: list[_Stream]) -> None:
+        """Emit the pending messages of `streams`: one Arrow build per data type."""
+        by_type: dict[str, list[tuple[_Stream, list[dict[str, Any]], list[FrameData]]]] = {}
+        for st in streams:
+            msgs, raws = st.msgs, st.raws
+            st.msgs, st.raws, st.rows = [], [], 0
+            st.emit_local, st.emit_run, st.emit_ts = st.last_local, st.run, st.last_ts
+            self._pending.pop(st.key, None)
+            assert st.data_type is not None
+            by_type.setdefault(st.data_type, []).append((st, msgs, raws))
+        for data_type, group in by_type.items():
+            try:
+                built = build_batches(data_type, [(st.exchange, st.symbol, msgs)
+                                                  for st, msgs, _ in group])
+            except Exception as e:  # never fatal: quarantine the group, keep streaming
+                log.exception("cannot build %s batches for %s", data_type,
+                              ", ".join(f"{st.exchange}:{st.symbol}" for st, _, _ in group))
+                for st, _, raws in group:
+                    for raw in raws:
+                        self._dead_letter(raw, f"internal error building the batch: {e!r}",
+                                          st.exchange, st.symbol, data_type)
+                    self.stats.rejected += len(raws)
+                continue
+            for (st, _, raws), one in zip(group, built, strict=True):
+                self._emit_built(st, one, raws)
+
+    def _emit_built(self, st: _Stream, built: BuiltBatch, raws: list[FrameData]) -> None:
         assert st.data_type is not None
-        try:
-            built = build_batch(st.data_type, st.exchange, st.symbol, msgs)
-        except Exception as e:  # never fatal: quarantine the group, keep streaming
-            log.exception("cannot build %s batch for %s:%s", st.data_type, st.exchange, st.symbol)
-            for raw in raws:
-                self._dead_letter(raw, f"internal error building the batch: {e!r}",
-                                  st.exchange, st.symbol, st.data_type)
-            self.stats.rejected += len(raws)
-            return
         if built.batch.num_rows:
             self._out.append(TickBatch(st.exchange, st.symbol, st.data_type, built.batch,
                                        self._source))
@@ -825,15 +842,15 @@ class _Assembler:
     def flush_due(self) -> None:
         if not self._pending:
             return
-        cutoff = time.monotonic() - self._max_delay
-        for st in list(self._pending.values()):
-            if st.since > cutoff:
-                break
-            self._flush(st)
+        # When the oldest micro-batch is due, every pending one goes with it: no message waits
+        # longer than max_batch_delay, and one Arrow build covers all symbols of a data type.
+        oldest = next(iter(self._pending.values()))
+        if oldest.since <= time.monotonic() - self._max_delay:
+            self._flush_many(list(self._pending.values()))
 
     def flush_all(self) -> None:
-        for st in list(self._pending.values()):
-            self._flush(st)
+        if self._pending:
+            self._flush_many(list(self._pending.values()))
 
     # -- dead letters ------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from connectors.tardis.datatypes import (
 )
 from connectors.tardis.normalized import (
     build_batch,
+    build_batches,
     machine_data_type,
     message_data_type,
     parse_iso_us,
@@ -306,6 +307,40 @@ def test_value_of_wrong_type_rejects_its_message_only():
         5: "local_timestamp: not an ISO 8601 timestamp: 'not a time'",
     }
     assert result.rows_rejected == 5
+
+
+def _trade(exchange: str, symbol: str, i: int, **changes: Any) -> dict[str, Any]:
+    m = {"type": "trade", "exchange": exchange, "symbol": symbol, "id": str(i),
+         "price": 100.0 + i, "amount": 0.5 + i, "side": "buy" if i % 2 else "sell",
+         "timestamp": f"2024-01-15T00:00:{i:02d}.123456Z",
+         "localTimestamp": f"2024-01-15T00:00:{i:02d}.200000Z"}
+    m.update(changes)
+    return m
+
+
+def test_build_batches_equals_build_batch_per_group() -> None:
+    data_type = "trades"
+    groups = [
+        ("binance-futures", "BTCUSDT",
+         [_trade("binance-futures", "BTCUSDT", i) for i in range(3)]),
+        ("binance-futures", "ETHUSDT", [_trade("binance-futures", "ETHUSDT", 3),
+                                         _trade("binance-futures", "ETHUSDT", 4, price="x"),
+                                         _trade("binance-futures", "ETHUSDT", 5, amount=-1.0),
+                                         _trade("binance-futures", "ETHUSDT", 6)]),
+        ("bybit", "BTCUSDT", [_trade("bybit", "BTCUSDT", 7, side="long")]),
+        ("bybit", "SOLUSDT", [_trade("bybit", "SOLUSDT", i) for i in range(8, 12)]),
+    ]
+    together = build_batches(data_type, groups)
+    assert len(together) == len(groups)
+    for (exchange, symbol, msgs), got in zip(groups, together, strict=True):
+        alone = build_batch(data_type, exchange, symbol, msgs)
+        assert_same(got.batch, alone.batch)
+        assert got.rejected == alone.rejected
+        assert got.rows_rejected == alone.rows_rejected
+    assert together[1].rejected == {1: "price: expected a number, got 'x'",
+                                     2: "amount: must be > 0"}
+    assert together[2].batch.num_rows == 0 and list(together[2].rejected) == [0]
+    assert together[3].batch.column("exchange").to_pylist() == ["bybit"] * 4
 
 
 def test_numeric_trade_ids_become_text_as_in_the_csv_files():
