@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,3 +40,25 @@ def dead_letters(out: Path) -> list[dict]:
     for f in sorted((out / "dead_letter").glob("*.jsonl")):
         rows += [json.loads(line) for line in f.read_text().splitlines() if line]
     return rows
+
+
+def sigkill_at_random_points(start: Callable[[], subprocess.Popen[str]],
+                             started: Callable[[subprocess.Popen[str]], bool],
+                             rng: random.Random, *, kills: int = 3,
+                             wait_s: tuple[float, float] = (0.05, 1.0)) -> int:
+    """Start a run with `start()` up to `kills` times; once `started(proc)` says it is past
+    start-up (polled for up to 120 s), SIGKILL it after a random pause. Returns how many runs
+    were killed (a run that finishes first ends the series)."""
+    killed = 0
+    for _ in range(kills):
+        proc = start()
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline and not started(proc):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(*wait_s))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed += 1
+    return killed

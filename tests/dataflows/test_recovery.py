@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ import redis
 
 from connectors.sinks.parquet import read_table
 from connectors.tardis.generate import generate_trades
+from tests.flows import sigkill_at_random_points
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLES = [f"candles_{tf}" for tf in ("15s", "1m", "5m", "15m", "1h", "4h", "1d")]
@@ -80,24 +79,10 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(
     out = tmp_path / "killed"
     cfg = _config(tmp_path / "b.json", out, redis_url, redis_prefix + "b")
     store = tmp_path / "store"
-    rng = random.Random(1234)
-    kills = 0
-    for _ in range(6):
-        proc = _replay(cfg, inputs, "--recovery", str(store))
-        # wait until it is past start-up and writing, then kill it at a random moment
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if out.exists() and any(out.glob("candles_*/*/*.parquet")):
-                break
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.05, 1.0))
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        if kills == 3:
-            break
+    kills = sigkill_at_random_points(
+        lambda: _replay(cfg, inputs, "--recovery", str(store)),
+        lambda _: out.exists() and any(out.glob("candles_*/*/*.parquet")),  # writing
+        random.Random(1234))
     assert kills >= 1, "every run finished before it could be killed: make the input larger"
     final = _replay(cfg, inputs, "--recovery", str(store), "--quiet")
     _, err = final.communicate(timeout=300)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -26,6 +24,7 @@ import pytest
 from connectors.bigquery.emulator import BigQueryEmulator
 from connectors.tardis.generate import generate_trades
 from tests.connectors.bigquery.conftest import PROJECT
+from tests.flows import sigkill_at_random_points
 
 ROOT = Path(__file__).resolve().parents[3]
 TIMEFRAMES = ("15s", "1m", "5m", "15m", "1h", "4h", "1d")
@@ -88,22 +87,14 @@ def test_sigkill_then_resume_into_bigquery_equals_an_uninterrupted_run(
 
     cfg = _config(tmp_path / "b.json", tmp_path / "b", killed_ds)
     store = tmp_path / "store"
-    rng = random.Random(4321)
-    kills = 0
-    for _ in range(3):
-        proc = _replay(bq_env, cfg, inputs, "--recovery", str(store))
-        # past start-up (a progress line on stderr) and writing, then a random moment
+
+    def started(proc: subprocess.Popen[str]) -> bool:  # a progress line: past start-up
         assert proc.stderr is not None
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if "rows" in proc.stderr.readline():
-                break
-        time.sleep(rng.uniform(0.1, 1.2))
-        if proc.poll() is not None:
-            break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
+        return "rows" in proc.stderr.readline()
+
+    kills = sigkill_at_random_points(lambda: _replay(bq_env, cfg, inputs, "--recovery",
+                                                     str(store)),
+                                     started, random.Random(4321), wait_s=(0.1, 1.2))
     assert kills >= 1, "every run finished before it could be killed: make the input larger"
     final = _replay(bq_env, cfg, inputs, "--recovery", str(store), "--quiet")
     _, err = final.communicate(timeout=300)
