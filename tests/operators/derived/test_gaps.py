@@ -74,8 +74,10 @@ def test_integer_ids_accepts_exactly_1_to_18_ascii_digits():
     _, ok = integer_ids(pa.array(odd))
     assert ok.tolist() == [v is not None and re.fullmatch(r"[0-9]{1,18}", v) is not None
                            for v in odd]
-    values, ok = integer_ids(pa.array([3, None, -1, 4], pa.int64()))
-    assert values.tolist() == [3, 4] and ok.tolist() == [True, False, False, True]
+    values, ok = integer_ids(pa.array([3, None, -1, 4, 10**18], pa.int64()))
+    assert values.tolist() == [3, 4] and ok.tolist() == [True, False, False, True, False]
+    values, ok = integer_ids(pa.array([7, 2**64 - 1], pa.uint64()))
+    assert values.tolist() == [7] and ok.tolist() == [True, False]
 
 
 def test_min_missing_ids_and_trade_id_exchanges():
