@@ -9,6 +9,7 @@ items between workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -48,6 +49,31 @@ class TickBatch:
 
     def __len__(self) -> int:
         return self.batch.num_rows
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickle (for Bytewax's exchange between workers) only this batch's rows: a slice of
+        a larger batch would otherwise carry its parent's whole buffers."""
+        lines = None if self.lines is None else _compact(pa.record_batch([self.lines], ["l"]))
+        return (_tick_batch, (self.exchange, self.symbol, self.data_type,
+                              _compact(self.batch), self.source, lines))
+
+
+def _compact(batch: pa.RecordBatch) -> pa.Buffer:
+    """A batch as Arrow IPC stream bytes; the IPC writer keeps only a slice's own range."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue()
+
+
+def _from_ipc(data: pa.Buffer) -> pa.RecordBatch:
+    return pa.ipc.open_stream(data).read_next_batch()
+
+
+def _tick_batch(exchange: str, symbol: str, data_type: str, batch: pa.Buffer, source: str,
+                lines: pa.Buffer | None) -> TickBatch:
+    return TickBatch(exchange, symbol, data_type, _from_ipc(batch), source,
+                     None if lines is None else _from_ipc(lines).column(0))
 
 
 @dataclass(frozen=True, slots=True)
