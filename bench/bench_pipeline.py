@@ -87,19 +87,12 @@ def stage_replay(paths: list[str]) -> dict:
 
 def _load_batches(paths: list[str]) -> list:
     from connectors.tardis import files
-    from connectors.tardis.files import TardisFileSource
+    from connectors.tardis.files import TardisFileSource, poll
 
     files.IN_FLIGHT.limit = 1 << 62  # this stage keeps every batch in memory on purpose
     src = TardisFileSource(paths)
-    items = []
-    for key in src.list_parts():
-        part = src.build_part("bench", key, None)
-        while True:
-            try:
-                items += part.next_batch()
-            except StopIteration:
-                break
-    return items
+    return [item for key in src.list_parts()
+            for items in poll(src.build_part("bench", key, None)) for item in items]
 
 
 def stage_steps(paths: list[str]) -> dict:

@@ -45,7 +45,7 @@ SourceItem = TickBatch | DeadLetters
 # (a few MB of Arrow per slot); more slots than workers lets partitions polled round-robin
 # find their next chunk ready instead of reading it on the flow's thread.
 _READ_AHEAD = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tardis-read-ahead")
-_AHEAD_SLOTS = threading.BoundedSemaphore(16)
+_AHEAD_SLOTS = threading.BoundedSemaphore(64)
 
 
 class _InFlight:
@@ -80,6 +80,10 @@ class _InFlight:
 
 
 IN_FLIGHT = _InFlight(256 << 20)
+#: how soon a partition waiting for its chunk from the pool is polled again
+_WAIT_POLL = timedelta(microseconds=500)
+#: how long a partition waits for a read-ahead slot before it reads on the flow's thread
+_MAX_SLOT_WAIT_S = 0.05
 _WARNED: list[bool] = []
 
 
@@ -117,7 +121,9 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
         self._parser: ChunkParser | None = None
         self._throttled = False
         self._throttled_since = 0.0
-        self._ahead: Future[tuple[int, int, ParsedChunk] | None] | None = None
+        self._waiting = False
+        self._no_slot_since: float | None = None
+        self._ahead: Future[_Prepared | None] | None = None
         self._submit_ahead()
 
     def _open_current(self) -> None:
@@ -126,27 +132,37 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
         self._parser = ChunkParser(get_spec(f.data_type), self._chunker.header, f.path)
         self._chunks = iter(self._chunker)
 
-    def _read_next(self) -> tuple[int, int, ParsedChunk] | None:
-        """Open the current file if needed, decompress and parse its next chunk (on the
-        read-ahead pool); None at file end."""
+    def _read_next(self) -> _Prepared | None:
+        """Open the current file if needed, decompress, parse and split its next chunk into
+        the items to emit (on the read-ahead pool); None at file end."""
         if self._chunks is None:
             self._open_current()
         assert self._chunks is not None and self._parser is not None
         chunk = next(self._chunks, None)
         if chunk is None:
             return None
-        return chunk.first_line, chunk.n_lines, self._parser.parse(chunk)
+        return _prepare(self._files[self._index], chunk.first_line + chunk.n_lines,
+                        self._parser.parse(chunk))
 
     def _submit_ahead(self) -> None:
         """Read the next chunk on the pool if a read-ahead slot is free."""
-        if self._ahead is None and self._index < len(self._files) \
-                and _AHEAD_SLOTS.acquire(blocking=False):
+        if self._ahead is not None or self._index >= len(self._files):
+            return
+        if _AHEAD_SLOTS.acquire(blocking=False):
             self._ahead = _READ_AHEAD.submit(self._read_next)
+            self._no_slot_since = None
+        elif self._no_slot_since is None:
+            self._no_slot_since = time.monotonic()
 
-    def _take_next(self) -> tuple[int, int, ParsedChunk] | None:
-        """The next chunk: the one read ahead, else read now."""
-        if self._ahead is None:
-            return self._read_next()
+    def _starved(self) -> bool:
+        """No read-ahead slot came free for a while (other partitions hold them all, or
+        partitions of an abandoned run were never closed): read on the flow's thread."""
+        return (self._ahead is None and self._no_slot_since is not None
+                and time.monotonic() - self._no_slot_since > _MAX_SLOT_WAIT_S)
+
+    def _take_next(self) -> _Prepared | None:
+        """The chunk read ahead (the caller checked that it is done)."""
+        assert self._ahead is not None
         try:
             return self._ahead.result()
         finally:
@@ -154,6 +170,7 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
             _AHEAD_SLOTS.release()
 
     def next_batch(self) -> list[SourceItem]:
+        self._waiting = False
         if IN_FLIGHT.full():  # downstream still holds a lot: let it catch up first
             now = time.monotonic()
             if not self._throttled:
@@ -169,22 +186,36 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
             if self._index >= len(self._files):
                 self._status.done()
                 raise StopIteration()
+            # The flow's thread never reads: it takes chunks the pool has read, and meanwhile
+            # runs the rest of the flow (the partitions holding slots free them as they go).
+            self._submit_ahead()
+            starved = self._starved()
+            if not starved and (self._ahead is None or not self._ahead.done()):
+                self._waiting = True
+                return []
             try:
-                result = self._take_next()
+                prepared = self._read_next() if starved else self._take_next()
             except InputError as e:
                 self._status.failed(str(e))
                 raise
-            if result is None:
+            self._no_slot_since = None
+            if prepared is None:
                 items = self._finish_file()
                 self._submit_ahead()  # the next file's first chunk
                 if items:
                     return items
                 continue
             self._submit_ahead()
-            first_line, n_lines, parsed = result
-            self._next_line = first_line + n_lines  # only what was emitted counts
+            self._next_line = prepared.next_line  # only what was emitted counts
             self._status.message()
-            return list(self._emit(parsed))
+            for data_type, n in prepared.rejected:
+                metrics.REJECTED.inc(n, data_type=data_type)
+            if prepared.rows:
+                metrics.ROWS_IN.inc(prepared.rows, data_type=self._files[self._index].data_type)
+            for item in prepared.items:
+                if isinstance(item, TickBatch):
+                    IN_FLIGHT.track(item)
+            return prepared.items
 
     def _finish_file(self) -> list[SourceItem]:
         f = self._files[self._index]
@@ -208,45 +239,11 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
         self._chunks = self._chunker = self._parser = None
         return out
 
-    def _emit(self, parsed: ParsedChunk) -> Iterator[SourceItem]:
-        f = self._files[self._index]
-        table = parsed.table
-        rej_lines = list(parsed.rejected_lines)
-        rej_reasons = list(parsed.rejected_reasons)
-        rej_raw = list(parsed.rejected_raw)
-        lines = parsed.lines
-        if table.num_rows:
-            exch = table.column("exchange")
-            wrong = pc.fill_null(pc.not_equal(exch, f.exchange), True)
-            if pc.any(wrong).as_py():
-                mask = np.asarray(wrong.combine_chunks() if isinstance(wrong, pa.ChunkedArray)
-                                  else wrong)
-                bad = table.filter(pa.array(mask))
-                rej_lines += [int(x) for x in lines[mask]]
-                rej_reasons += [f"exchange {e!r} does not match the file name's {f.exchange!r}"
-                                for e in bad.column("exchange").to_pylist()]
-                rej_raw += [str(r) for r in bad.to_pylist()]
-                table = table.filter(pa.array(~mask))
-                lines = lines[~mask]
-        if rej_reasons:
-            metrics.REJECTED.inc(len(rej_reasons), data_type=f.data_type)
-            yield dead_letters("rejected", f.path, rej_lines, f.exchange, f.symbol, f.data_type,
-                               rej_reasons, rej_raw)
-        if not table.num_rows:
-            return
-        metrics.ROWS_IN.inc(table.num_rows, data_type=f.data_type)
-        for symbol, part, part_lines in _split_by_symbol(table, lines):
-            batch = part.combine_chunks().to_batches()[0] if part.num_rows else None
-            if batch is None:
-                continue
-            item = TickBatch(f.exchange, symbol, f.data_type, batch, f.path,
-                             pa.array(part_lines, pa.int64()))
-            IN_FLIGHT.track(item)
-            yield item
-
     def next_awake(self) -> datetime | None:
         if self._throttled:
             return datetime.now(UTC) + timedelta(milliseconds=1)
+        if self._waiting:  # a chunk is being read on the pool (or waits for a slot)
+            return datetime.now(UTC) + _WAIT_POLL
         return None
 
     def snapshot(self) -> FilePosition:
@@ -262,6 +259,75 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
             _AHEAD_SLOTS.release()
         if self._chunker is not None:
             self._chunker.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A chunk made ready on the read-ahead pool: the items to emit, what they count, and
+    the resume position after them."""
+
+    items: list[SourceItem]
+    next_line: int
+    rows: int
+    rejected: list[tuple[str, int]]
+
+
+def _prepare(f: TardisFile, next_line: int, parsed: ParsedChunk) -> _Prepared:
+    """A parsed chunk as items: rows from another exchange rejected, the rest split per
+    symbol into one TickBatch each (pure Arrow/numpy work, run off the flow's thread)."""
+    table = parsed.table
+    rej_lines = list(parsed.rejected_lines)
+    rej_reasons = list(parsed.rejected_reasons)
+    rej_raw = list(parsed.rejected_raw)
+    lines = parsed.lines
+    if table.num_rows:
+        exch = table.column("exchange")
+        wrong = pc.fill_null(pc.not_equal(exch, f.exchange), True)
+        if pc.any(wrong).as_py():
+            mask = np.asarray(wrong.combine_chunks() if isinstance(wrong, pa.ChunkedArray)
+                              else wrong)
+            bad = table.filter(pa.array(mask))
+            rej_lines += [int(x) for x in lines[mask]]
+            rej_reasons += [f"exchange {e!r} does not match the file name's {f.exchange!r}"
+                            for e in bad.column("exchange").to_pylist()]
+            rej_raw += [str(r) for r in bad.to_pylist()]
+            table = table.filter(pa.array(~mask))
+            lines = lines[~mask]
+    items: list[SourceItem] = []
+    rejected: list[tuple[str, int]] = []
+    if rej_reasons:
+        rejected.append((f.data_type, len(rej_reasons)))
+        items.append(dead_letters("rejected", f.path, rej_lines, f.exchange, f.symbol,
+                                  f.data_type, rej_reasons, rej_raw))
+    if table.num_rows:
+        for symbol, part, part_lines in _split_by_symbol(table, lines):
+            if not part.num_rows:
+                continue
+            batch = part.combine_chunks().to_batches()[0]
+            items.append(TickBatch(f.exchange, symbol, f.data_type, batch, f.path,
+                                   pa.array(part_lines, pa.int64())))
+    return _Prepared(items, next_line, table.num_rows, rejected)
+
+
+def poll(part: StatefulSourcePartition[SourceItem, FilePosition]
+         ) -> Iterator[list[SourceItem]]:
+    """Drive a partition outside a Bytewax run (benchmarks, tests) as Bytewax does: call
+    `next_batch` until StopIteration, sleeping until `next_awake` when it had nothing; yields
+    each non-empty list of items. The partition is closed at the end."""
+    try:
+        while True:
+            try:
+                items = list(part.next_batch())
+            except StopIteration:
+                return
+            if items:
+                yield items
+                continue
+            awake = part.next_awake()
+            if awake is not None:
+                time.sleep(max(0.0, (awake - datetime.now(UTC)).total_seconds()))
+    finally:
+        part.close()
 
 
 def _split_by_symbol(table: pa.Table, lines: np.ndarray

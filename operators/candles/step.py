@@ -37,8 +37,8 @@ wall_clock_us = live_clock_us
 
 def trade_arrays(batch: pa.RecordBatch) -> tuple[np.ndarray, ...]:
     """(timestamp, local_timestamp, price, amount, side code) of a trades batch, as numpy."""
-    ts = batch.column("timestamp").cast(pa.int64()).to_numpy()
-    local = batch.column("local_timestamp").cast(pa.int64()).to_numpy()
+    ts = _int64(batch.column("timestamp"))
+    local = _int64(batch.column("local_timestamp"))
     price = batch.column("price").to_numpy()
     amount = batch.column("amount").to_numpy()
     side_col = batch.column("side")
@@ -48,26 +48,69 @@ def trade_arrays(batch: pa.RecordBatch) -> tuple[np.ndarray, ...]:
     return ts, local, price, amount, side
 
 
-def _const_str(value: str, n: int) -> pa.Array:
-    return pa.repeat(pa.scalar(value, pa.string()), n)
+def _int64(col: pa.Array) -> np.ndarray:
+    """A timestamp or integer column as int64 numpy (zero-copy for a timestamp)."""
+    if pa.types.is_timestamp(col.type) and col.type.unit == "us" and not col.null_count:
+        return col.view(pa.int64()).to_numpy()
+    return col.cast(pa.int64()).to_numpy()
+
+
+class _Repeated:
+    """Constant string columns, built once per value and sliced (zero-copy) to each length:
+    a candle batch has three of them, and building each anew costs more than the candles."""
+
+    _MAX = 4096  # longer columns are built directly
+
+    def __init__(self) -> None:
+        self._cols: dict[str, pa.Array] = {}
+
+    def __call__(self, value: str, n: int) -> pa.Array:
+        col = self._cols.get(value)
+        if col is None or len(col) < n:
+            if n > self._MAX:
+                return pa.repeat(pa.scalar(value, pa.string()), n)
+            size = min(self._MAX, max(n, 64, 2 * len(col) if col is not None else 0))
+            col = self._cols[value] = pa.repeat(pa.scalar(value, pa.string()), size)
+        return col.slice(0, n)
 
 
 def _ts(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
-    return pa.array(values, type=pa.int64(), mask=null).cast(TS)
+    """int64 microseconds as timestamp[us, UTC] (a view, no cast)."""
+    return pa.array(values, type=pa.int64(), mask=null).view(TS)
 
 
-def candles_to_batch(exchange: str, symbol: str, label: str, c: ClosedCandles
-                     ) -> pa.RecordBatch:
-    """Closed candles as a RecordBatch with CANDLE_SCHEMA (row_key included)."""
+_POW10 = 10 ** np.arange(15, -1, -1, dtype=np.int64)
+
+
+def _row_keys(prefix: str, values: np.ndarray, arr: pa.Array,
+              const: Callable[[str, int], pa.Array]) -> pa.Array:
+    """prefix + decimal start for every candle. Starts of 16 digits (every timestamp from
+    2001-09-09 to 2286) are written straight into the string buffers; others are cast."""
+    n = len(values)
+    if n and int(values.min()) >= 10**15 and int(values.max()) < 10**16:
+        head = np.frombuffer(prefix.encode(), np.uint8)
+        width = len(head) + 16
+        data = np.empty((n, width), np.uint8)
+        data[:, :len(head)] = head
+        data[:, len(head):] = (values[:, None] // _POW10) % 10 + 48
+        offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+    return pc.binary_join_element_wise(const(prefix, n), pc.cast(arr, pa.string()), "")
+
+
+def candles_to_batch(exchange: str, symbol: str, label: str, c: ClosedCandles,
+                     const: Callable[[str, int], pa.Array] | None = None) -> pa.RecordBatch:
+    """Closed candles as a RecordBatch with CANDLE_SCHEMA (row_key included). `const` makes
+    the constant string columns (a `_Repeated` reuses them across calls)."""
+    const = const or (lambda v, k: pa.repeat(pa.scalar(v, pa.string()), k))
     n = len(c)
     filled = c.is_filled if c.is_filled.any() else None
     start = pa.array(c.start, pa.int64())
-    row_key = pc.binary_join_element_wise(
-        _const_str(f"{exchange}|{symbol}|{label}|", n), pc.cast(start, pa.string()), "")
+    row_key = _row_keys(f"{exchange}|{symbol}|{label}|", c.start, start, const)
     return pa.RecordBatch.from_arrays(
         [
-            _const_str(exchange, n), _const_str(symbol, n), _const_str(label, n),
-            start.cast(TS), _ts(c.start + c.timeframe_us),
+            const(exchange, n), const(symbol, n), const(label, n),
+            start.view(TS), _ts(c.start + c.timeframe_us),
             pa.array(c.open), pa.array(c.high), pa.array(c.low), pa.array(c.close),
             pa.array(c.volume), pa.array(c.buy), pa.array(c.sell),
             pa.array(c.count, pa.int64()), pa.array(c.vwap, mask=c.is_filled),
@@ -89,6 +132,7 @@ class CandleLogic(StatefulBatchLogic[CandleIn, CandleOut, tuple]):
                  wall_clock: bool = False, clock: Clock = wall_clock_us,
                  resume: tuple | None = None) -> None:
         self.labels = {tf: format_timeframe(tf) for tf in timeframes_us}
+        self._const = _Repeated()
         self.wall_clock = wall_clock
         self.clock = clock
 
@@ -147,7 +191,8 @@ class CandleLogic(StatefulBatchLogic[CandleIn, CandleOut, tuple]):
             label = self.labels[c.timeframe_us]
             metrics.CANDLES_OUT.inc(len(c), timeframe=label)
             out.append(CandleBatch(self.exchange, self.symbol, label,
-                                   candles_to_batch(self.exchange, self.symbol, label, c)))
+                                   candles_to_batch(self.exchange, self.symbol, label, c,
+                                                    self._const)))
         return out
 
     def _late(self, tb: TickBatch, lates: list[LateTrades]) -> list[CandleOut]:

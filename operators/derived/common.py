@@ -21,7 +21,9 @@ def int_column(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray
     """(values as int64, validity) of a timestamp or integer column; nulls read as 0."""
     col = batch.column(name)
     if pa.types.is_timestamp(col.type):
-        col = col.cast(pa.int64())
+        col = col.view(pa.int64())
+    if not col.null_count:
+        return col.cast(pa.int64()).to_numpy(), np.ones(len(col), bool)
     valid = np.asarray(col.is_valid())
     return np.asarray(pc.fill_null(col, 0)), valid
 

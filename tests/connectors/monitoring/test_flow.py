@@ -17,7 +17,7 @@ from bytewax.testing import run_main
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectors.monitoring import MonitoringServer, source_status
-from connectors.tardis.files import TardisFileSource
+from connectors.tardis.files import TardisFileSource, poll
 from dataflows.config import config_from_dict
 from dataflows.main import build_flow
 from dataflows.plan import plan_run
@@ -34,14 +34,7 @@ def sample_batches(pieces: int) -> list[TickBatch]:
     """The bundled BTCUSDT trades, read by the real file source, cut into `pieces`."""
     src = TardisFileSource([str(SAMPLE)], routes=["trades"])
     part = src.build_part("read", src.list_parts()[0], None)
-    batches: list[TickBatch] = []
-    try:
-        while True:
-            batches += [b for b in part.next_batch() if isinstance(b, TickBatch)]
-    except StopIteration:
-        pass
-    finally:
-        part.close()
+    batches = [b for items in poll(part) for b in items if isinstance(b, TickBatch)]
     assert batches, "the bundled sample produced no trades"
     whole = pa.Table.from_batches([b.batch for b in batches]).combine_chunks().to_batches()[0]
     size = -(-whole.num_rows // pieces)
