@@ -39,13 +39,13 @@ log = logging.getLogger(__name__)
 
 SourceItem = TickBatch | DeadLetters
 
-# Decompression and CSV parsing release the GIL: reading the next chunk on this pool while
-# the flow processes the current one keeps both cores busy. At most _AHEAD_SLOTS chunks are
-# read ahead in the whole process, whatever the number of partitions, so memory stays flat
-# (a few MB of Arrow per slot); more slots than workers lets partitions polled round-robin
-# find their next chunk ready instead of reading it on the flow's thread.
+# Decompression, CSV parsing and the split per symbol run on this pool, never on the flow's
+# thread (the flow's thread is the replay's bottleneck: it runs every keyed step). At most
+# _AHEAD_SLOTS chunks are read ahead or waiting in the whole process, whatever the number of
+# partitions, so memory stays flat (a few MB of Arrow per slot); a partition without a slot
+# waits for one (see _MAX_SLOT_WAIT_S) while the flow works on the chunks that are ready.
 _READ_AHEAD = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tardis-read-ahead")
-_AHEAD_SLOTS = threading.BoundedSemaphore(64)
+_AHEAD_SLOTS = threading.BoundedSemaphore(24)
 
 
 class _InFlight:
@@ -367,7 +367,7 @@ class TardisFileSource(FixedPartitionedSource[SourceItem, FilePosition]):
         from_date: date | None = None,
         to_date: date | None = None,
         routes: Iterable[str] | None = None,
-        chunk_bytes: int = 2 << 20,
+        chunk_bytes: int = 4 << 20,
     ) -> None:
         if not paths:
             raise InputError("no input files given")
