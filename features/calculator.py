@@ -292,6 +292,25 @@ class HFTFeatureCalculator:
         first, continuing from and advancing this timeframe's state. Returns the input columns
         (minus any stale feature columns of the same names) followed by the feature columns."""
         out_schema, stale = self._layout(candles.schema)
+        feats = self._features(candles, timeframe)
+        table = candles if isinstance(candles, pa.Table) else pa.Table.from_batches([candles])
+        if stale:
+            table = table.drop_columns(list(stale))
+        return pa.Table.from_arrays([*table.columns, *feats], schema=out_schema)
+
+    def compute_record_batch(self, candles: pa.RecordBatch, *, timeframe: str
+                             ) -> pa.RecordBatch:
+        """`compute_batch` for a RecordBatch, returning one (no Table in between: the flow's
+        features step calls this for every candle batch)."""
+        out_schema, stale = self._layout(candles.schema)
+        if stale:
+            return self.compute_batch(candles, timeframe=timeframe).combine_chunks(
+                ).to_batches()[0]
+        return pa.RecordBatch.from_arrays([*candles.columns, *self._features(candles, timeframe)],
+                                          schema=out_schema)
+
+    def _features(self, candles: pa.Table | pa.RecordBatch, timeframe: str) -> list[pa.Array]:
+        """The feature columns of a block (advancing the timeframe's state)."""
         st = self._state(timeframe)
         m = candles.num_rows
         if m:
@@ -302,10 +321,7 @@ class HFTFeatureCalculator:
             self._states[timeframe] = st
         else:
             feats = np.empty((len(self.columns), 0))
-        table = candles if isinstance(candles, pa.Table) else pa.Table.from_batches([candles])
-        if stale:
-            table = table.drop_columns(list(stale))
-        return pa.Table.from_arrays([*table.columns, *_to_arrow(feats)], schema=out_schema)
+        return _to_arrow(feats)
 
     def _layout(self, schema: pa.Schema) -> tuple[pa.Schema, tuple[str, ...]]:
         """The output schema for an input schema, and the input's stale feature columns.

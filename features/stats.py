@@ -19,6 +19,8 @@ Floats = NDArray[np.float64]
 
 #: Blocks up to this many positions take the small-block path of `window_sums`.
 SMALL_BLOCK = 16
+#: Blocks up to this many positions take the fused-step path of `seeded_recurrence`.
+SMALL_RECURRENCE = 32
 
 
 def window_sums(x: Floats, lookback: int, lengths: Sequence[int]) -> Floats:
@@ -72,7 +74,7 @@ def seeded_recurrence(x: Floats, src: NDArray[np.intp], b: Floats, c: Floats, pr
     until block position `seed_at[r]`, where y = seed[r] (a position outside [0, m) means the
     seed is not in this block). This is an EMA seeded with an SMA, or Wilder's average seeded
     with a plain mean. With `seed` None no series gets seeded in this block (the steady state,
-    where every series already is). One-column blocks take a fused step over all series; longer
+    where every series already is). Short blocks take fused steps over all series; longer
     ones run `scipy.signal.lfilter` (direct form II transposed), which computes the same
     b*u + c*y_prev, so both paths give identical bits. Returns shape (series, m).
     """
@@ -86,12 +88,28 @@ def seeded_recurrence(x: Floats, src: NDArray[np.intp], b: Floats, c: Floats, pr
         raise ValueError("seed and seed_at must have one value per series")
     if m == 0:
         return np.empty((rows, 0))
-    if m == 1:
-        y = b * x[src, 0] + c * prev
+    if m <= SMALL_RECURRENCE:
+        # Fused steps over all series, one block position at a time: the same b*u + c*y_prev
+        # as lfilter, so identical bits, without its fixed cost per call. A series that is
+        # not seeded stays NaN (NaN * c propagates) until its seed position.
+        u = x[src]
+        y = np.empty((rows, m))
+        prev_y = prev
+        seeding = None
         if seed is not None and seed_at is not None:
-            undefined = np.isnan(prev)
-            y[undefined] = np.where(seed_at[undefined] == 0, seed[undefined], np.nan)
-        return y[:, None]
+            seeding = np.isnan(prev) & (seed_at >= 0) & (seed_at < m)
+            if not seeding.any():
+                seeding = None
+        for k in range(m):
+            yk = y[:, k]
+            np.multiply(b, u[:, k], out=yk)
+            yk += c * prev_y
+            if seeding is not None:
+                at = seeding & (seed_at == k)
+                if at.any():
+                    yk[at] = seed[at]  # type: ignore[index]
+            prev_y = yk
+        return y
     y = np.empty((rows, m))
     # Series with the same coefficients and start share one lfilter call.
     groups: dict[tuple[float, float, int], tuple[list[int], list[float]]] = {}

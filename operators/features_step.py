@@ -31,8 +31,7 @@ class FeatureLogic(StatefulBatchLogic[CandleBatch, CandleBatch, FeatureSnapshot]
         for cb in values:
             if not len(cb):
                 continue
-            table = self.calc.compute_batch(cb.batch, timeframe=cb.timeframe)
-            batch = table.combine_chunks().to_batches()[0]
+            batch = self.calc.compute_record_batch(cb.batch, timeframe=cb.timeframe)
             out.append(CandleBatch(cb.exchange, cb.symbol, cb.timeframe, batch))
         return out
 
