@@ -90,7 +90,7 @@ class FilesSource(_Strict):
     paths: list[str] = Field(default_factory=list, description="globs of .csv/.csv.gz files")
     from_date: date | None = None
     to_date: date | None = None
-    chunk_bytes: int = Field(default=4 << 20, ge=64 << 10, le=1 << 30)
+    chunk_bytes: int = Field(default=2 << 20, ge=64 << 10, le=1 << 30)
 
     @model_validator(mode="after")
     def _dates_ordered(self) -> FilesSource:

@@ -36,7 +36,7 @@ try:  # ISA-L's inflate: the same output as zlib, about 2.5x faster
 except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
     pass
 
-_READ_BYTES = 256 << 10  # raw bytes per read: bounds what a chunker holds between chunks
+_READ_BYTES = 64 << 10  # raw bytes per read: bounds what a chunker holds between chunks
 # Microsecond timestamps must fall in [2001-09-09, 2100-01-01): catches ms/s/ns confusion.
 _TS_MIN_US = 1_000_000_000_000_000
 _TS_MAX_US = 4_102_444_800_000_000
@@ -201,7 +201,9 @@ class LineChunker:
                 if cut == 0:
                     break
                 data = bytes(self._buf[:cut])
-                del self._buf[:cut]
+                # a new buffer for the rest: `del` would keep the chunk's capacity allocated
+                # for as long as this (possibly idle) partition lives
+                self._buf = self._buf[cut:]
                 n_lines = data.count(b"\n")
                 first = self.lines_read + 1
                 self.lines_read += n_lines

@@ -367,7 +367,7 @@ class TardisFileSource(FixedPartitionedSource[SourceItem, FilePosition]):
         from_date: date | None = None,
         to_date: date | None = None,
         routes: Iterable[str] | None = None,
-        chunk_bytes: int = 4 << 20,
+        chunk_bytes: int = 2 << 20,
     ) -> None:
         if not paths:
             raise InputError("no input files given")
