@@ -45,7 +45,7 @@ SourceItem = TickBatch | DeadLetters
 # partitions, so memory stays flat (a few MB of Arrow per slot); a partition without a slot
 # waits for one (see _MAX_SLOT_WAIT_S) while the flow works on the chunks that are ready.
 _READ_AHEAD = ThreadPoolExecutor(max_workers=2, thread_name_prefix="tardis-read-ahead")
-_AHEAD_SLOTS = threading.BoundedSemaphore(24)
+_AHEAD_SLOTS = threading.BoundedSemaphore(16)
 
 
 class _InFlight:
