@@ -83,7 +83,10 @@ IN_FLIGHT = _InFlight(256 << 20)
 #: how soon a partition waiting for its chunk from the pool is polled again
 _WAIT_POLL = timedelta(microseconds=500)
 #: how long a partition waits for a read-ahead slot before it reads on the flow's thread
-_MAX_SLOT_WAIT_S = 0.05
+_MAX_SLOT_WAIT_S = 0.5
+#: partitions waiting for a read-ahead slot (weak: an abandoned partition drops out)
+_WAITING: weakref.WeakSet[_StreamPartition] = weakref.WeakSet()
+_WAITING_LOCK = threading.Lock()
 _WARNED: list[bool] = []
 
 
@@ -151,8 +154,22 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
         if _AHEAD_SLOTS.acquire(blocking=False):
             self._ahead = _READ_AHEAD.submit(self._read_next)
             self._no_slot_since = None
-        elif self._no_slot_since is None:
-            self._no_slot_since = time.monotonic()
+            with _WAITING_LOCK:
+                _WAITING.discard(self)
+        else:
+            if self._no_slot_since is None:
+                self._no_slot_since = time.monotonic()
+            with _WAITING_LOCK:
+                _WAITING.add(self)
+
+    def _pass_turn(self) -> None:
+        """After taking a chunk: read the next one ahead, unless other partitions wait for a
+        slot; then this one waits its turn too (slots go round instead of staying with the
+        partitions that got them first)."""
+        with _WAITING_LOCK:
+            others = bool(_WAITING)
+        if not others:
+            self._submit_ahead()
 
     def _starved(self) -> bool:
         """No read-ahead slot came free for a while (other partitions hold them all, or
@@ -184,6 +201,8 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
         self._throttled = False
         while True:
             if self._index >= len(self._files):
+                with _WAITING_LOCK:
+                    _WAITING.discard(self)
                 self._status.done()
                 raise StopIteration()
             # The flow's thread never reads: it takes chunks the pool has read, and meanwhile
@@ -201,11 +220,11 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
             self._no_slot_since = None
             if prepared is None:
                 items = self._finish_file()
-                self._submit_ahead()  # the next file's first chunk
+                self._pass_turn()  # the next file's first chunk
                 if items:
                     return items
                 continue
-            self._submit_ahead()
+            self._pass_turn()
             self._next_line = prepared.next_line  # only what was emitted counts
             self._status.message()
             for data_type, n in prepared.rejected:
@@ -252,6 +271,8 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
         return FilePosition(self._files[self._index].path, self._next_line)
 
     def close(self) -> None:
+        with _WAITING_LOCK:
+            _WAITING.discard(self)
         if self._ahead is not None:
             with contextlib.suppress(Exception):  # closing: any error was reported already
                 self._ahead.result()
