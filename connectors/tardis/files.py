@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 SourceItem = TickBatch | DeadLetters
 
-# Decompression, CSV parsing and the split per symbol run on this pool, never on the flow's
+# Decompression, CSV parsing and the split per symbol run on this pool, not on the flow's
 # thread (the flow's thread is the replay's bottleneck: it runs every keyed step). At most
 # _AHEAD_SLOTS chunks are read ahead or waiting in the whole process, whatever the number of
 # partitions, so memory stays flat (a few MB of Arrow per slot); a partition without a slot
@@ -205,8 +205,8 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
                     _WAITING.discard(self)
                 self._status.done()
                 raise StopIteration()
-            # The flow's thread never reads: it takes chunks the pool has read, and meanwhile
-            # runs the rest of the flow (the partitions holding slots free them as they go).
+            # The flow's thread takes chunks the pool has read, and meanwhile runs the rest of
+            # the flow (slots go round the partitions); it reads only when starved of a slot.
             self._submit_ahead()
             starved = self._starved()
             if not starved and (self._ahead is None or not self._ahead.done()):
