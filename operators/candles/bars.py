@@ -15,14 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 
 SIDE_UNKNOWN, SIDE_BUY, SIDE_SELL = 0, 1, 2
-# Arrival index of bars carried over from earlier batches: before any trade of this batch.
-CARRIED = -1
+# Below every arrival index (arrival indices count a key's trades from 0).
+_NO_ARRIVAL = -1
 
 
 @dataclass(slots=True)
 class Partials:
-    """Columnar partial bars. `first_idx`/`close_idx` are arrival indices of the trades that
-    set the open and the close (CARRIED for bars from earlier batches)."""
+    """Columnar partial bars. `first_idx`/`close_idx` are the arrival indices (per key, from
+    0) of the trades that set the open and the close."""
 
     start: np.ndarray       # int64 interval start, us
     open: np.ndarray        # float64
@@ -65,13 +65,6 @@ class Partials:
         """The same bars under other starts (arrays are shared, never written in place)."""
         return Partials(start, *(getattr(self, f) for f in _FIELDS[1:]))
 
-    def as_carried(self) -> Partials:
-        """The same bars, marked as having arrived before the next batch."""
-        p = self.with_start(self.start)
-        p.first_idx = np.full(len(p), CARRIED, np.int64)
-        p.close_idx = np.full(len(p), CARRIED, np.int64)
-        return p
-
     def to_tuple(self) -> tuple[tuple, ...]:
         """A small immutable picklable value (for snapshots)."""
         return tuple(tuple(getattr(self, f).tolist()) for f in _FIELDS)
@@ -97,8 +90,8 @@ def concat(parts: list[Partials]) -> Partials:
 
 
 def merge(open_bars: Partials, fresh: Partials) -> Partials:
-    """Open bars (from earlier) combined with fresh ones (arrived later); both sorted with
-    distinct starts. The usual live case, fresh bars at or after the last open bar, takes a
+    """Open bars combined with fresh ones (arrival indices decide open and close ties); both
+    sorted with distinct starts. The usual live case, fresh bars at or after the last open bar, takes a
     short path; anything else goes through `combine`."""
     if not len(fresh):
         return open_bars
@@ -155,7 +148,7 @@ def combine(p: Partials) -> Partials:
     # close: latest exchange time; among equal times the last to arrive
     max_ts = np.maximum.reduceat(p.close_ts, heads)
     at_max = p.close_ts == max_ts[group]
-    last_arrival = np.maximum.reduceat(np.where(at_max, p.close_idx, CARRIED - 1), heads)
+    last_arrival = np.maximum.reduceat(np.where(at_max, p.close_idx, _NO_ARRIVAL), heads)
     close_pos = np.maximum.reduceat(
         np.where(at_max & (p.close_idx == last_arrival[group]), pos, -1), heads)
 

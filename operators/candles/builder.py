@@ -29,6 +29,9 @@ from operators.candles.bars import Partials, combine, concat, merge
 NEG_INF = -(1 << 62)
 _EMPTY = Partials.empty()  # shared, never written to
 MAX_PENDING_GAPS = 32
+#: Tag of the snapshot layout: coarser timeframes fed by their parent's closed bars, arrival
+#: indices counted per key (see `add_trades`).
+_SNAPSHOT_LAYOUT = "candles/2"
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class MultiTimeframeCandles:
         self.max_ts = NEG_INF          # largest exchange timestamp seen
         self.closed_until = NEG_INF    # every candle ending at or before this is closed
         self.gaps: list[tuple[int, int]] = []
+        self.arrived = 0               # trades added so far: the next one's arrival index
 
     @property
     def timeframes_us(self) -> list[int]:
@@ -114,7 +118,12 @@ class MultiTimeframeCandles:
     def add_trades(self, ts: np.ndarray, local_ts: np.ndarray, price: np.ndarray,
                    amount: np.ndarray, side: np.ndarray
                    ) -> tuple[list[ClosedCandles], list[LateTrades]]:
-        """Add trades in arrival order; returns the candles this closes and the late trades."""
+        """Add trades in arrival order; returns the candles this closes and the late trades.
+
+        Trades go into the open bars of the root timeframes (those built from trades); a
+        coarser timeframe takes its parent's bars when they close (see `_close_until`), plus
+        the trades late for the parent but not for it. So a batch costs one timeframe's work
+        however many timeframes there are, until something closes."""
         n = len(ts)
         if n == 0:
             return [], []
@@ -130,50 +139,44 @@ class MultiTimeframeCandles:
             np.maximum(running[:-1], self.max_ts, out=before[1:])
             # A trade is late when its candle closed before it arrived.
             closed_at = np.maximum(before - lateness, self.closed_until)
-        arrival = np.arange(n, dtype=np.int64)
+        arrival = np.arange(self.arrived, self.arrived + n, dtype=np.int64)
+        self.arrived += n
 
         lates: list[LateTrades] = []
-        built: list[Partials] = []
         late_masks: list[np.ndarray | None] = []
         for i, tfs in enumerate(self._tfs):
             tf = tfs.tf
             parent = self._parent[i]
             late: np.ndarray | None = None
             if closed_at is not None:
-                start = ts - ts % tf
-                late = start + tf <= closed_at
+                late = (ts - ts % tf) + tf <= closed_at
                 if not late.any():
                     late = None
             late_masks.append(late)
-            if parent is None:
-                start = ts - ts % tf
-                ok = ~late if late is not None else slice(None)
-                fresh = combine(Partials.from_trades(
-                    start[ok], ts[ok], local_ts[ok], price[ok], amount[ok], side[ok],
-                    arrival[ok]))
-            else:
-                base = built[parent]
-                parts = [base.with_start(base.start - base.start % tf)]
-                parent_late = late_masks[parent]
-                if parent_late is not None:  # late for the finer timeframe only: counts here
-                    extra = parent_late & ~late if late is not None else parent_late
-                    if extra.any():
-                        xs = ts[extra]
-                        parts.append(Partials.from_trades(
-                            xs - xs % tf, xs, local_ts[extra], price[extra], amount[extra],
-                            side[extra], arrival[extra]))
-                fresh = combine(concat(parts))
-            built.append(fresh)
-            tfs.open_bars = merge(tfs.open_bars, fresh)
             if late is not None:
                 assert closed_at is not None
                 lates.append(LateTrades(tf, np.flatnonzero(late), int(closed_at[late][0])))
-        for tfs in self._tfs:
-            tfs.open_bars = tfs.open_bars.as_carried()
+            if parent is None:  # a root: every trade not late for it
+                take: np.ndarray | None = ~late if late is not None else None
+            else:  # late for the parent (so not in its bars) but not for this timeframe
+                parent_late = late_masks[parent]
+                if parent_late is None:
+                    continue
+                take = parent_late & ~late if late is not None else parent_late
+                if not take.any():
+                    continue
+            if take is None:
+                fresh = Partials.from_trades(ts - ts % tf, ts, local_ts, price, amount, side,
+                                             arrival)
+            else:
+                xs = ts[take]
+                fresh = Partials.from_trades(xs - xs % tf, xs, local_ts[take], price[take],
+                                             amount[take], side[take], arrival[take])
+            tfs.open_bars = merge(tfs.open_bars, combine(fresh))
 
         self.max_ts = max(self.max_ts, int(running[-1]))
         threshold = max(self.closed_until, self.max_ts - lateness)
-        return self._close_until({t.tf: threshold for t in self._tfs}, threshold), lates
+        return self._close_until(threshold, threshold), lates
 
     def mark_gap(self, start_us: int, end_us: int) -> None:
         """Remember a stretch with possibly missing data; candles it touches get has_gap."""
@@ -188,14 +191,11 @@ class MultiTimeframeCandles:
     def advance_to(self, now_us: int) -> list[ClosedCandles]:
         """Wall-clock close (live mode): close what ends at or before now - lateness."""
         threshold = max(self.closed_until, now_us - self.policy.allowed_lateness_us)
-        return self._close_until({t.tf: threshold for t in self._tfs}, threshold)
+        return self._close_until(threshold, threshold)
 
     def flush(self) -> list[ClosedCandles]:
         """End of input: close every open candle (filling gaps between them, not beyond)."""
-        ends = {t.tf: int(t.open_bars.start[-1]) + t.tf for t in self._tfs if len(t.open_bars)}
-        if not ends:
-            return []
-        return self._close_until(ends, max(self.closed_until, max(ends.values())))
+        return self._close_until(None, self.closed_until)
 
     def next_close_us(self) -> int | None:
         """Earliest wall-clock time at which `advance_to` could emit a candle, or None."""
@@ -209,15 +209,31 @@ class MultiTimeframeCandles:
         return min(times) if times else None
 
     # -- closing ----------------------------------------------------------------------------
-    def _close_until(self, thresholds: dict[int, int], closed_until: int) -> list[ClosedCandles]:
-        self.closed_until = closed_until
+    def _close_until(self, threshold: int | None, closed_until: int) -> list[ClosedCandles]:
+        """Close every timeframe up to `threshold` (None: through its last open bar, at the
+        end of input), finest first: the real bars a timeframe closes go into the open bars
+        of the timeframes built from it before those are closed."""
         out = []
-        for tfs in self._tfs:
-            if tfs.tf not in thresholds:
+        closed_real: list[Partials] = []
+        for i, tfs in enumerate(self._tfs):
+            parent = self._parent[i]
+            if parent is not None and len(closed_real[parent]):
+                pb = closed_real[parent]
+                tfs.open_bars = merge(tfs.open_bars,
+                                      combine(pb.with_start(pb.start - pb.start % tfs.tf)))
+            if threshold is not None:
+                at = threshold
+            elif len(tfs.open_bars):
+                at = int(tfs.open_bars.start[-1]) + tfs.tf
+                closed_until = max(closed_until, at)
+            else:
+                closed_real.append(_EMPTY)
                 continue
-            c = self._close_timeframe(tfs, thresholds[tfs.tf])
+            c, real = self._close_timeframe(tfs, at)
+            closed_real.append(real)
             if c is not None and len(c):
                 out.append(c)
+        self.closed_until = closed_until
         if self.gaps:
             ends = [t.last_end for t in self._tfs if t.last_end is not None]
             if ends:
@@ -225,10 +241,15 @@ class MultiTimeframeCandles:
                 self.gaps = [g for g in self.gaps if g[1] >= horizon]
         return out
 
-    def _close_timeframe(self, tfs: _Timeframe, threshold: int) -> ClosedCandles | None:
+    def _close_timeframe(self, tfs: _Timeframe, threshold: int
+                         ) -> tuple[ClosedCandles | None, Partials]:
+        """(candles closed up to `threshold`, the real bars among them)."""
         tf = tfs.tf
         bars = tfs.open_bars
-        n_close = int(np.searchsorted(bars.start, threshold - tf, side="right"))
+        if len(bars) and int(bars.start[0]) + tf > threshold:
+            n_close = 0  # the usual case in live mode: nothing of this timeframe ends yet
+        else:
+            n_close = int(np.searchsorted(bars.start, threshold - tf, side="right"))
         if n_close == 0:
             real = _EMPTY
         elif n_close == len(bars):
@@ -240,18 +261,18 @@ class MultiTimeframeCandles:
             lo = tfs.last_end if tfs.last_end is not None else (
                 int(real.start[0]) if len(real) else None)
             if lo is None:
-                return None
+                return None, real
             hi = threshold - threshold % tf  # every bucket ending at or before the threshold
             if len(real):
                 hi = max(hi, int(real.start[-1]) + tf)
             if hi <= lo:
-                return None
+                return None, real
             grid = np.arange(lo, hi, tf, dtype=np.int64)
         else:
             if not len(real):
-                return None
+                return None, real
             grid = real.start
-        return self._emit(tfs, grid, real)
+        return self._emit(tfs, grid, real), real
 
     def _emit(self, tfs: _Timeframe, grid: np.ndarray, real: Partials) -> ClosedCandles:
         tf = tfs.tf
@@ -297,17 +318,26 @@ class MultiTimeframeCandles:
     def snapshot(self) -> tuple:
         """A small immutable picklable value; its size does not grow with the input."""
         return (
+            _SNAPSHOT_LAYOUT,
             self.max_ts,
             self.closed_until,
             tuple((t.tf, t.open_bars.to_tuple(), t.last_end, t.last_close) for t in self._tfs),
             tuple(self.gaps),
+            self.arrived,
         )
 
     @classmethod
     def from_snapshot(cls, snap: tuple, policy: ClosePolicy) -> MultiTimeframeCandles:
-        max_ts, closed_until, tfs, gaps = snap
+        if not snap or snap[0] != _SNAPSHOT_LAYOUT:
+            raise ValueError(
+                "this candle state was saved by an earlier version of the candle step, whose "
+                "coarser timeframes held their finer timeframe's open bars; it cannot be "
+                "resumed exactly. Start the flow on a new recovery directory (replay the "
+                "files from the last complete candle).")
+        _, max_ts, closed_until, tfs, gaps, arrived = snap
         obj = cls([t[0] for t in tfs], policy)
         obj.max_ts, obj.closed_until, obj.gaps = max_ts, closed_until, list(gaps)
+        obj.arrived = arrived
         for state, (_, bars, last_end, last_close) in zip(obj._tfs, tfs, strict=True):
             state.open_bars = Partials.from_tuple(bars)
             state.last_end, state.last_close = last_end, last_close

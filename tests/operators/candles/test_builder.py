@@ -245,3 +245,78 @@ def test_ohlcv_invariants(rows, lateness):
         assert c["buy"].sum() == pytest.approx(amt[accepted & (side == SIDE_BUY)].sum())
         assert c["sell"].sum() == pytest.approx(amt[accepted & (side == SIDE_SELL)].sum())
         assert c["volume"].sum() == pytest.approx(amt[accepted].sum())
+
+
+# -- against a per-trade reference -------------------------------------------------------------
+
+def _reference(rows, tfs, lateness, fill):
+    """Candles by the semantics of the README, one trade at a time in plain Python: a trade
+    is late for a timeframe when its bucket ended at or before the watermark (largest
+    exchange time seen before it minus the lateness); open = first to arrive, close = latest
+    exchange time (among equals the last to arrive)."""
+    out = {}
+    for tf in tfs:
+        bars: dict[int, dict] = {}
+        top = None
+        late = 0
+        for k, (t, p, a, side) in enumerate(rows):
+            ts = T0 + t
+            start = ts - ts % tf
+            if top is not None and start + tf <= top - lateness:
+                late += 1
+            else:
+                b = bars.get(start)
+                if b is None:
+                    bars[start] = b = {"open": p, "high": p, "low": p, "close": p, "open_ts": ts,
+                                       "close_ts": ts, "volume": 0.0, "buy": 0.0, "sell": 0.0,
+                                       "count": 0, "notional": 0.0}
+                b["high"], b["low"] = max(b["high"], p), min(b["low"], p)
+                if ts >= b["close_ts"]:
+                    b["close"], b["close_ts"] = p, ts
+                b["volume"] += a
+                b["buy"] += a if side == SIDE_BUY else 0.0
+                b["sell"] += a if side == SIDE_SELL else 0.0
+                b["count"] += 1
+                b["notional"] += p * a
+            top = ts if top is None else max(top, ts)
+        starts = sorted(bars)
+        if fill and starts:
+            starts = list(range(starts[0], starts[-1] + tf, tf))
+        rows_out, prev = [], None
+        for s in starts:
+            b = bars.get(s)
+            if b is None:
+                rows_out.append((s, prev, prev, prev, prev, 0.0, 0, True))
+            else:
+                rows_out.append((s, b["open"], b["high"], b["low"], b["close"], b["volume"],
+                                 b["count"], False))
+                prev = b["close"]
+        out[tf] = (rows_out, late)
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=trade_streams, cuts=st.lists(st.integers(0, 300), max_size=8),
+       lateness=st.sampled_from([0, 2 * S, 20 * S, 100 * S]), fill=st.booleans())
+def test_matches_a_per_trade_reference(rows, cuts, lateness, fill):
+    """Out-of-order trades, any batch cut, every timeframe of a chain (15s, 1m, 5m) and one
+    outside it (40s), against the plain-Python reference above."""
+    rows = [(t, p / 100, a / 1000, side) for t, p, a, side in rows]
+    arrays = _arrays([(t, p * 100, a * 1000, side) for t, p, a, side in rows])
+    n = len(rows)
+    bounds = sorted({0, n, *[c % (n + 1) for c in cuts]})
+    pieces = [tuple(a[lo:hi] for a in arrays) for lo, hi in zip(bounds[:-1], bounds[1:],
+                                                                   strict=True)]
+    tfs = (15 * S, 40 * S, 60 * S, 300 * S)
+    _, out, late = run(pieces, tfs, ClosePolicy(lateness, fill))
+    expected = _reference(rows, tfs, lateness, fill)
+    for tf in tfs:
+        c = collect(out, tf)
+        want, want_late = expected[tf]
+        assert sum(len(x.index) for x in late if x.timeframe_us == tf) == want_late
+        assert list(c["start"]) == [w[0] for w in want], tf
+        for i, name in enumerate(("open", "high", "low", "close", "volume"), start=1):
+            np.testing.assert_allclose(c[name], [w[i] for w in want], rtol=1e-12,
+                                       err_msg=f"{tf} {name}")
+        assert list(c["count"]) == [w[6] for w in want]
+        assert list(c["is_filled"]) == [w[7] for w in want]
