@@ -82,8 +82,8 @@ def main() -> None:
     p.add_argument("--lateness", type=float, default=0.1, help="allowed lateness, seconds")
     p.add_argument("--transport", choices=["redis", "memory"], default="redis",
                    help="memory: consumers run in the flow's process; redis: in their own")
-    p.add_argument("--batch-delay", default="10ms",
-                   help="source.tardis_machine.max_batch_delay (default 10ms)")
+    p.add_argument("--batch-delay", default=None,
+                   help="source.tardis_machine.max_batch_delay (default: streaming.yaml's)")
     p.add_argument("--consume", help=argparse.SUPPRESS)  # internal: consumer process
     args = p.parse_args()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -99,19 +99,15 @@ def main() -> None:
     from operators import metrics
 
     port = _free_port()
-    feed = subprocess.Popen([sys.executable, "-m", "bench.live_feed", "--port", str(port),
-                             "--rate", str(args.rate), "--symbols", str(args.symbols),
-                             "--seconds", str(args.seconds)], cwd=ROOT,
-                            stdout=subprocess.PIPE, text=True)
-    assert feed.stdout is not None
-    feed.stdout.readline()  # "live feed on ..."
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     symbols = [f"SYM{i:03d}USDT" for i in range(args.symbols)]
+    source: dict = {"url": f"ws://127.0.0.1:{port}", "exchanges": {"binance-futures": symbols},
+                    "data_types": ["trade"]}
+    if args.batch_delay:
+        source["max_batch_delay"] = args.batch_delay
     cfg = config_from_dict({
         "mode": "streaming-candles-serve",
-        "source": {"kind": "tardis-machine", "tardis_machine": {
-            "url": f"ws://127.0.0.1:{port}", "exchanges": {"binance-futures": symbols},
-            "data_types": ["trade"], "max_batch_delay": args.batch_delay}},
+        "source": {"kind": "tardis-machine", "tardis_machine": source},
         "candles": {"timeframes": ["1s", "15s", "1m", "5m", "15m", "1h", "4h", "1d"],
                     "allowed_lateness": args.lateness},
         "serve": {"transport": args.transport, "redis_url": redis_url, "key_prefix": prefix},
@@ -121,37 +117,47 @@ def main() -> None:
     plan = plan_run(cfg, env={})
     flow = build_flow(cfg, plan, flow_id="bench_live")
     metrics.reset_all()
-    threading.Thread(target=run_main, args=(flow,), daemon=True, name="flow").start()
 
-    counts: list[tuple[float, float]] = []
-    until = time.time() + args.seconds + 3
+    feed = subprocess.Popen([sys.executable, "-m", "bench.live_feed", "--port", str(port),
+                             "--rate", str(args.rate), "--symbols", str(args.symbols),
+                             "--seconds", str(args.seconds)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
     consumer = None
-    if args.transport == "redis":  # consumers are other services: their own process
-        consumer = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_live", "--consume", prefix, "--symbols",
-             str(args.symbols), "--seconds", str(until - time.time()), "--lateness",
-             str(args.lateness)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-
-    async def sample() -> None:
-        while time.time() < until:
-            counts.append((time.time(), metrics.ROWS_IN.value()))
-            await asyncio.sleep(0.25)
-
-    async def run_all() -> list[float]:
-        tasks = [sample()]
-        if consumer is None:
-            tasks.append(_consume_all(args.transport, redis_url, prefix, symbols, until,
-                                      args.lateness))
-        results = await asyncio.gather(*tasks)
-        return results[1] if consumer is None else []
-
     try:
+        assert feed.stdout is not None
+        feed.stdout.readline()  # "live feed on ..."
+        threading.Thread(target=run_main, args=(flow,), daemon=True, name="flow").start()
+
+        counts: list[tuple[float, float, float]] = []
+        until = time.time() + args.seconds + 3
+        if args.transport == "redis":  # consumers are other services: their own process
+            consumer = subprocess.Popen(
+                [sys.executable, "-m", "bench.bench_live", "--consume", prefix, "--symbols",
+                 str(args.symbols), "--seconds", str(until - time.time()), "--lateness",
+                 str(args.lateness)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+
+        async def sample() -> None:
+            while time.time() < until:
+                cpu = os.times()
+                counts.append((time.time(), metrics.ROWS_IN.value(), cpu.user + cpu.system))
+                await asyncio.sleep(0.25)
+
+        async def run_all() -> list[float]:
+            tasks = [sample()]
+            if consumer is None:
+                tasks.append(_consume_all(args.transport, redis_url, prefix, symbols, until,
+                                          args.lateness))
+            results = await asyncio.gather(*tasks)
+            return results[1] if consumer is None else []
+
         latencies = asyncio.run(run_all())
         if consumer is not None:
             out, _ = consumer.communicate(timeout=60)
             latencies = json.loads(out.strip().splitlines()[-1])
     finally:
         feed.kill()
+        if consumer is not None and consumer.poll() is None:
+            consumer.kill()
     t = np.array([c[0] for c in counts])
     n = np.array([c[1] for c in counts])
     active = np.flatnonzero(n > 0)
@@ -161,6 +167,8 @@ def main() -> None:
     while last > first and n[last] == n[last - 1]:
         last -= 1
     rate = (n[last] - n[first]) / (t[last] - t[first])
+    cpu = np.array([c[2] for c in counts])
+    cpu_us = (cpu[last] - cpu[first]) / max(n[last] - n[first], 1) * 1e6
     # the first two seconds of candles are warm-up (connections, first allocations)
     first_end = min((e for e, _ in latencies), default=0.0)
     warm = [(e, x) for e, x in latencies if e >= first_end + 2]
@@ -171,6 +179,7 @@ def main() -> None:
           f"{args.seconds:.0f} s; allowed lateness {args.lateness * 1000:.0f} ms")
     print("| measure | value |\n|---|---:|")
     print(f"| sustained ticks in (messages/s) | {rate:,.0f} |")
+    print(f"| flow process CPU per message (us, all threads) | {cpu_us:.1f} |")
     print(f"| ticks in total | {int(n[-1]):,} |")
     print(f"| 1s candles received | {len(latencies):,} ({len(lat):,} after a 2 s warm-up) |")
     if len(lat):

@@ -598,3 +598,67 @@ def test_live_restart_from_snapshot_opens_a_restart_gap(bitmex, no_env_url):
     assert gap.start_us == last_ts_before(bitmex, k)
     assert gap.end_us == parse_iso_us(orjson.loads(bitmex[k].data)["timestamp"])
     assert sum(isinstance(i, Gap) for i in rest) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# candle close points: live micro-batches go out when a candle can close
+
+
+def _assembler(replay: bool = False, delay: str = "10s"):
+    from connectors.tardis.websocket import _Assembler
+    from dataflows.config import TardisMachineSource as Settings
+    from operators.candles.builder import ClosePoints
+
+    settings = Settings(exchanges={"bitmex": ["XBTUSD", "ETHUSD"]}, max_batch_delay=delay,
+                        **({"replay_from": "2021-07-22", "replay_to": "2021-07-23"}
+                           if replay else {}))
+    asm = _Assembler(settings, ["bitmex"], "test", SourceStats(), None,
+                     ClosePoints((1_000_000, 15_000_000), 100_000))
+    asm._wall_close_at = 1 << 62  # these trades are from 2021: keep the wall clock out
+    return asm
+
+
+T_CLOSE = 1_626_993_360_000_000  # a multiple of 15 s
+
+
+def _feed(asm: Any, at_ms: list[int], symbol: str = "XBTUSD") -> list[list[int]]:
+    """Send one trade per offset (ms after T_CLOSE); after each, the row counts emitted."""
+    out = []
+    for ms in at_ms:
+        (msg,) = synthetic_trades(1, symbols=(symbol,), start_us=T_CLOSE + ms * 1000)
+        asm.on_frame(msg.data)
+        asm.flush_due()
+        out.append([len(i) for i in asm.take_output() if isinstance(i, TickBatch)])
+    return out
+
+
+def test_live_trade_reaching_a_close_point_flushes_its_stream_at_once():
+    asm = _assembler()
+    # close points at k * 1 s + 100 ms; max_batch_delay is 10 s, so only they flush
+    got = _feed(asm, [50, 99, 100, 900, 1050, 1100, 1200, 1900, 2099, 2100, 2100])
+    assert got == [[], [], [3], [], [], [3], [], [], [], [4], []]
+    assert asm.stats.rows == 10
+
+
+def test_micro_batch_goes_out_half_a_batch_delay_before_a_close_point():
+    asm = _assembler(delay="200ms")  # so 100 ms before each point (k * 1 s + 100 ms)
+    got = _feed(asm, [150, 900, 999, 1000, 1050, 1100, 1101])
+    assert got == [[], [], [], [4], [], [2], []]
+
+
+def test_replay_ignores_close_points():
+    asm = _assembler(replay=True)
+    assert _feed(asm, [50, 1100, 2100, 3100]) == [[], [], [], []]  # rows or delay only
+    asm.flush_all()
+    assert [len(i) for i in asm.take_output()] == [4]
+
+
+def test_wall_clock_close_point_flushes_only_streams_that_have_not_reached_it():
+    asm = _assembler()
+    assert _feed(asm, [1150], "XBTUSD") == [[]]  # XBTUSD's next point: 2.1 s
+    assert _feed(asm, [300], "ETHUSD") == [[]]   # quiet ETHUSD: its next point is 1.1 s
+    asm._wall_close_at = T_CLOSE + 1_100_000     # the wall clock has just passed 1.1 s
+    asm.flush_due()
+    out = [i for i in asm.take_output() if isinstance(i, TickBatch)]
+    assert [(i.symbol, len(i)) for i in out] == [("ETHUSD", 1)]
+    assert asm._wall_close_at > time.time_ns() // 1000  # the next point, after now
