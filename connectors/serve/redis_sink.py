@@ -170,6 +170,7 @@ class RedisServePartition(StatelessSinkPartition[Any]):
         """Encode and queue candles; returns at once (the flusher thread writes them)."""
         if not self._thread.is_alive() and not self._stopping:
             raise RuntimeError("the Redis serve sink's writer thread has stopped")
+        chunks = []
         for item in items:
             cb = unwrap(item)
             if not len(cb):
@@ -183,10 +184,16 @@ class RedisServePartition(StatelessSinkPartition[Any]):
                           len(cb), cb.exchange, cb.symbol, cb.timeframe, e)
                 continue
             s = self._sink
-            self._enqueue(_Chunk(
+            chunks.append(_Chunk(
                 stream_key(s.key_prefix, cb.exchange, cb.symbol, cb.timeframe),
                 latest_key(s.key_prefix, cb.exchange, cb.symbol, cb.timeframe),
                 ids, payloads, sum(len(p) for p in payloads)))
+        if chunks:
+            # queued together, with one wake-up: the writer thread then sends them in one
+            # pipeline instead of contending for the GIL while this thread still encodes
+            with self._cond:
+                for chunk in chunks:
+                    self._enqueue(chunk)
 
     def close(self) -> None:
         """Drain the buffer (up to close_timeout), stop the thread, close the connection."""

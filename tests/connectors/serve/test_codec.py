@@ -69,3 +69,18 @@ def test_nanosecond_and_nan_inputs_are_normalized() -> None:
 def test_rows_without_a_usable_start_are_refused(batch: pa.RecordBatch) -> None:
     with pytest.raises(ValueError):
         encode_candles(batch)
+
+
+def test_small_batches_encode_row_by_row_to_the_same_json() -> None:
+    # > 8 rows go column by column, <= 8 row by row: both must write the same bytes
+    batch = candles(0, 40).batch
+    assert batch.num_rows > 8
+    ids, payloads = encode_candles(batch)
+    for i in range(batch.num_rows):
+        one_ids, one = encode_candles(batch.slice(i, 1))
+        assert (one_ids, one) == ([ids[i]], [payloads[i]])
+    # with NaN features and null vwap/timestamps (filled rows) among them
+    assert any(orjson.loads(p)["vwap"] is None for p in payloads)
+    nan = batch.set_column(batch.schema.get_field_index("sma_5"), "sma_5",
+                           pa.array([float("nan")] * batch.num_rows))
+    assert encode_candles(nan.slice(0, 3))[1] == encode_candles(nan)[1][:3]
