@@ -91,8 +91,8 @@ def concat(parts: list[Partials]) -> Partials:
 
 def merge(open_bars: Partials, fresh: Partials) -> Partials:
     """Open bars combined with fresh ones (arrival indices decide open and close ties); both
-    sorted with distinct starts. The usual live case, fresh bars at or after the last open bar, takes a
-    short path; anything else goes through `combine`."""
+    sorted with distinct starts. The usual live case, fresh bars at or after the last open
+    bar, takes a short path; anything else goes through `combine`."""
     if not len(fresh):
         return open_bars
     if not len(open_bars):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators.candles.bars import Partials, combine, concat, merge
+from operators.candles.bars import Partials, combine, merge
 
 NEG_INF = -(1 << 62)
 _EMPTY = Partials.empty()  # shared, never written to

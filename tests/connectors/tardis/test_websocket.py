@@ -632,12 +632,17 @@ def _feed(asm: Any, at_ms: list[int], symbol: str = "XBTUSD") -> list[list[int]]
     return out
 
 
+TRADES_AT = [50, 99, 100, 900, 1050, 1100, 1200, 1900, 2099, 2100, 2100]
+
+
 def test_live_trade_reaching_a_close_point_flushes_its_stream_at_once():
     asm = _assembler()
-    # close points at k * 1 s + 100 ms; max_batch_delay is 10 s, so only they flush
-    got = _feed(asm, [50, 99, 100, 900, 1050, 1100, 1200, 1900, 2099, 2100, 2100])
-    assert got == [[], [], [3], [], [], [3], [], [], [], [4], []]
-    assert asm.stats.rows == 10
+    # close points at k * 1 s + 100 ms; max_batch_delay is 10 s: only the points flush
+    got = _feed(asm, TRADES_AT)
+    emitted = [sum(sum(g) for g in got[:i + 1]) for i in range(len(got))]
+    # the trades at 100, 1100 and 2100 ms reach a point: everything up to them is out
+    assert [emitted[i] for i in (2, 5, 9)] == [3, 6, 10]
+    assert emitted[-1] == 10  # the second trade at 2100 ms waits for the next point
 
 
 def test_micro_batch_goes_out_half_a_batch_delay_before_a_close_point():

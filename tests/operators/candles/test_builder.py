@@ -283,7 +283,7 @@ def _reference(rows, tfs, lateness, fill):
         bars: dict[int, dict] = {}
         top = None
         late = 0
-        for k, (t, p, a, side) in enumerate(rows):
+        for t, p, a, side in rows:
             ts = T0 + t
             start = ts - ts % tf
             if top is not None and start + tf <= top - lateness:
