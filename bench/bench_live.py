@@ -186,6 +186,13 @@ def main() -> None:
         print(f"| latency p50 (ms) | {np.percentile(lat, 50):.1f} |")
         print(f"| latency p99 (ms) | {np.percentile(lat, 99):.1f} |")
         print(f"| latency max (ms) | {lat.max():.1f} |")
+    if args.transport == "redis":  # leave the server as we found it
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
     os._exit(0)  # the live flow never ends by itself
 
 

@@ -636,7 +636,7 @@ class _Assembler:
                  stats: SourceStats, resume_state: dict[str, Any] | None,
                  close_points: ClosePoints | None = None) -> None:
         self.replay = settings.replay_from is not None
-        # live: flush at candle close points (see _crossed and flush_due); a replay fills
+        # live: flush at candle close points (_on_message, flush_due); a replay fills
         # its batches by rows, and small batches at every close point would only slow it
         self._close_points = None if self.replay else close_points
         self._wall_close_at: int | None = None
@@ -1209,8 +1209,9 @@ class TardisMachineSource(FixedPartitionedSource[LiveItem, dict[str, Any]]):
     settings. `routes` (router branches, e.g. ["trades", "book_snapshots"]) subscribes only to
     the configured data types the flow uses. `close_points` (the candle step's timeframes and
     lateness) makes a live source emit a trade micro-batch as soon as a trade reaches a candle
-    close point, and every micro-batch when the wall clock does, so candle latency does not
-    depend on `max_batch_delay`. One partition (one connection) covers every
+    close point (and half a batch delay before it), and, when the wall clock reaches one, the
+    micro-batches of symbols that have not, so candle latency does not depend on
+    `max_batch_delay`. One partition (one connection) covers every
     exchange, unless `connection_per_exchange` gives each exchange its own. `stats` exposes
     the counters.
     """
