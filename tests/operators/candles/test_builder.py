@@ -344,3 +344,15 @@ def test_matches_a_per_trade_reference(rows, cuts, lateness, fill):
                                        err_msg=f"{tf} {name}")
         assert list(c["count"]) == [w[6] for w in want]
         assert list(c["is_filled"]) == [w[7] for w in want]
+
+
+def test_snapshot_of_the_earlier_layout_is_refused_with_a_clear_message():
+    m = MultiTimeframeCandles((15 * S, 60 * S))
+    m.add_trades(*trades((1, 10, 1, SIDE_BUY)))
+    legacy = m.snapshot()[1:5]  # (max_ts, closed_until, timeframes, gaps): the old layout
+    with pytest.raises(ValueError, match="earlier version of the candle step"):
+        MultiTimeframeCandles.from_snapshot(legacy, ClosePolicy())
+    # the current layout round-trips
+    r = MultiTimeframeCandles.from_snapshot(pickle.loads(pickle.dumps(m.snapshot())),
+                                            ClosePolicy())
+    assert r.snapshot() == m.snapshot()
