@@ -113,9 +113,7 @@ class TardisMachineSource(_Strict):
     data_types: list[str] = Field(default_factory=lambda: ["trade"])
     with_disconnect_messages: bool = True
     max_batch_rows: int = Field(default=10_000, ge=1, le=10_000_000)
-    max_batch_delay: DurationUs = Field(
-        default=50_000, description="longest a message waits in a micro-batch; live candles "
-                                    "do not wait for it (close points, see README)")
+    max_batch_delay: DurationUs = 10_000
     stale_timeout: DurationUs = Field(
         default=30_000_000, description="reconnect when no message at all for this long; 0 = off")
     ping_interval: DurationUs = 10_000_000

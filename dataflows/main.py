@@ -52,12 +52,9 @@ def make_source(cfg: StreamingConfig, plan: RunPlan, routes: list[str]) -> Any:
         return TardisFileSource(plan.inputs, from_date=files.from_date, to_date=files.to_date,
                                 routes=routes, chunk_bytes=files.chunk_bytes)
     from connectors.tardis.websocket import TardisMachineSource
-    from operators.candles.builder import ClosePoints
 
-    points = (ClosePoints(tuple(cfg.candles.timeframes_us()), cfg.candles.allowed_lateness)
-              if plan.candles and "trades" in routes else None)
     return TardisMachineSource.from_config(cfg.source.tardis_machine, url=plan.tardis_machine_url,
-                                           routes=routes, close_points=points)
+                                           routes=routes)
 
 
 def _persist_sink(cfg: StreamingConfig, plan: RunPlan, tables: dict[str, TableDef],

@@ -9,10 +9,8 @@ withDisconnectMessages, from/to). The thread only receives frames and appends th
 Bytewax's `next_batch` drains that deque for at most a few milliseconds, decodes each frame with
 orjson, groups messages per (exchange, symbol, data type) and turns each group into an Arrow
 batch (connectors.tardis.normalized) once it holds `max_batch_rows` rows or its oldest message
-waited `max_batch_delay`, and, live, at once when a trade or the wall clock reaches a candle
-close point (`close_points`), so candles never wait for the batch delay. So `next_batch`
-never waits on the network, and everything stateful (positions, gaps, dead letters) happens
-in one thread, in frame order.
+waited `max_batch_delay`. So `next_batch` never waits on the network, and everything stateful
+(positions, gaps, dead letters) happens in one thread, in frame order.
 
 Items emitted: `TickBatch` (one exchange, symbol and data type), `Gap` and `DeadLetters`.
 
@@ -82,7 +80,6 @@ from dataflows.config import StreamingConfig, format_validation_error, parse_dur
 from dataflows.config import TardisMachineSource as TardisMachineSettings
 from operators import clock as live_clock
 from operators import metrics
-from operators.candles.builder import ClosePoints
 from operators.messages import DeadLetters, Gap, TickBatch, dead_letters
 
 log = logging.getLogger(__name__)
@@ -146,12 +143,6 @@ def _iso_minute(us: int) -> str:
     """Microseconds -> ISO 8601, floored to the minute (tardis-machine replays whole minutes)."""
     minute = us // 60_000_000 * 60
     return datetime.fromtimestamp(minute, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def _iso_us(us: int) -> str:
-    """Microseconds -> ISO 8601 with six fractional digits and Z, as tardis-machine writes."""
-    seconds, micros = divmod(us, 1_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{micros:06d}Z"
 
 
 def _parse_or_none(value: Any) -> int | None:
@@ -590,8 +581,7 @@ class _Stream:
 
     __slots__ = ("key", "exchange", "symbol", "data_type", "is_book_change", "msgs", "raws",
                  "rows", "since", "last_local", "run", "last_ts", "emit_local", "emit_run",
-                 "emit_ts", "first_pending_local", "caught_up", "dedup_seen", "close_at",
-                 "pre_at")
+                 "emit_ts", "first_pending_local", "caught_up", "dedup_seen")
 
     def __init__(self, key: StreamKey, data_type: str | None) -> None:
         self.key = key
@@ -611,8 +601,6 @@ class _Stream:
         self.first_pending_local: Any = None
         self.caught_up = True
         self.dedup_seen = 0
-        self.close_at: str | None = None  # live trades: the next candle close point (ISO)
-        self.pre_at: str | None = None    # and the time to flush shortly before it
 
 
 @dataclass
@@ -633,14 +621,8 @@ class _Assembler:
     """Decodes frames, groups them into Arrow batches, tracks positions, gaps, dead letters."""
 
     def __init__(self, settings: TardisMachineSettings, exchanges: list[str], source: str,
-                 stats: SourceStats, resume_state: dict[str, Any] | None,
-                 close_points: ClosePoints | None = None) -> None:
+                 stats: SourceStats, resume_state: dict[str, Any] | None) -> None:
         self.replay = settings.replay_from is not None
-        # live: flush at candle close points (_on_message, flush_due); a replay fills
-        # its batches by rows, and small batches at every close point would only slow it
-        self._close_points = None if self.replay else close_points
-        self._wall_close_at: int | None = None
-        self._pre_flush_us = settings.max_batch_delay // 2
         self._exchanges = exchanges
         self._max_rows = settings.max_batch_rows
         self._max_delay = settings.max_batch_delay / 1e6
@@ -721,36 +703,8 @@ class _Assembler:
         st.msgs.append(m)
         st.raws.append(frame)
         st.rows += rows
-        if st.pre_at is not None:
-            ts = st.last_ts
-            # ISO strings of one format compare as the times do (against a point written
-            # with six fractional digits, a shorter fraction compares right too)
-            if type(ts) is str and ts >= st.pre_at:
-                self._flush(st)
-                if ts >= st.close_at:  # type: ignore[operator]
-                    self._set_close_at(st, ts)  # this trade closes a candle: sent on now
-                else:  # shortly before a close point: leave little to do at the point
-                    st.pre_at = st.close_at
-                return
-        elif self._close_points is not None and st.data_type == "trades":
-            self._set_close_at(st, st.last_ts)
         if st.rows >= self._max_rows:
             self._flush(st)
-
-    def _set_close_at(self, st: _Stream, ts: Any) -> None:
-        """The stream's next close point, and the time half a batch delay before it at which
-        its micro-batch goes out early (so the trade reaching the point finds little
-        pending). More early flushes closer to the point measured slower: every small batch
-        costs the keyed steps a fixed amount just before the point."""
-        assert self._close_points is not None
-        us = _parse_or_none(ts)
-        if us is None:
-            st.close_at = st.pre_at = None
-            return
-        point = self._close_points.next_after(us)
-        st.close_at = _iso_us(point)
-        early = point - self._pre_flush_us
-        st.pre_at = _iso_us(early) if early > us else st.close_at
 
     def _new_stream(self, key: tuple[Any, Any, Any], m: dict[str, Any],
                     frame: FrameData) -> _Stream | None:
@@ -984,29 +938,13 @@ class _Assembler:
         return now - int((time.monotonic() - oldest) * 1_000_000)
 
     def flush_due(self) -> None:
-        """When the oldest micro-batch waited `max_batch_delay`, emit every pending one with it
-        (one Arrow build per data type covers all symbols); live, at a wall-clock close point,
-        emit those of streams that have not reached it (a quiet symbol), so that the live clock
-        can pass the point and close their candles."""
         if not self._pending:
             return
-        streams = list(self._pending.values())  # oldest first
-        if streams[0].since <= time.monotonic() - self._max_delay:
-            self._flush_many(streams)
-            return
-        due: list[_Stream] = []
-        points = self._close_points
-        if points is not None:
-            now = time.time_ns() // 1000
-            at = self._wall_close_at
-            if at is None:
-                self._wall_close_at = points.next_after(now)
-            elif now >= at:
-                self._wall_close_at = points.next_after(now)
-                point = _iso_us(at)
-                due = [st for st in streams if st.close_at is None or st.close_at <= point]
-        if due:
-            self._flush_many(due)
+        # When the oldest micro-batch is due, every pending one goes with it: no message waits
+        # longer than max_batch_delay, and one Arrow build covers all symbols of a data type.
+        oldest = next(iter(self._pending.values()))
+        if oldest.since <= time.monotonic() - self._max_delay:
+            self._flush_many(list(self._pending.values()))
 
     def flush_all(self) -> None:
         if self._pending:
@@ -1090,8 +1028,7 @@ class _Assembler:
 
 class _TardisMachinePartition(StatefulSourcePartition[LiveItem, dict[str, Any]]):
     def __init__(self, settings: TardisMachineSettings, exchanges: list[str],
-                 resume_state: dict[str, Any] | None, stats: SourceStats, name: str,
-                 close_points: ClosePoints | None = None) -> None:
+                 resume_state: dict[str, Any] | None, stats: SourceStats, name: str) -> None:
         self._settings = settings
         self._exchanges = exchanges
         self._replay = settings.replay_from is not None
@@ -1100,7 +1037,7 @@ class _TardisMachinePartition(StatefulSourcePartition[LiveItem, dict[str, Any]])
         endpoint = REPLAY_PATH if self._replay else LIVE_PATH
         self._assembler = _Assembler(settings, exchanges,
                                      public_url(settings.url.rstrip("/") + endpoint), stats,
-                                     resume_state, close_points)
+                                     resume_state)
         self._done = False
         self._conn = _Connection(settings, self._url, self._queue, stats,
                                  final_on_normal_close=self._replay
@@ -1207,18 +1144,13 @@ class TardisMachineSource(FixedPartitionedSource[LiveItem, dict[str, Any]]):
     `TardisMachineSource(exchanges={"bitmex": ["XBTUSD"]}, data_types=["trade"])`. The URL
     comes from the `url` argument, else the environment variable TARDIS_MACHINE_URL, else the
     settings. `routes` (router branches, e.g. ["trades", "book_snapshots"]) subscribes only to
-    the configured data types the flow uses. `close_points` (the candle step's timeframes and
-    lateness) makes a live source emit a trade micro-batch as soon as a trade reaches a candle
-    close point (and half a batch delay before it), and, when the wall clock reaches one, the
-    micro-batches of symbols that have not, so candle latency does not depend on
-    `max_batch_delay`. One partition (one connection) covers every
+    the configured data types the flow uses. One partition (one connection) covers every
     exchange, unless `connection_per_exchange` gives each exchange its own. `stats` exposes
     the counters.
     """
 
     def __init__(self, settings: TardisMachineSettings | Mapping[str, Any] | None = None, *,
-                 routes: Iterable[str] | None = None, close_points: ClosePoints | None = None,
-                 **overrides: Any) -> None:
+                 routes: Iterable[str] | None = None, **overrides: Any) -> None:
         if isinstance(settings, TardisMachineSettings):
             data = _revalidatable(settings)
         elif settings is None:
@@ -1250,7 +1182,6 @@ class TardisMachineSource(FixedPartitionedSource[LiveItem, dict[str, Any]]):
                     f"tardis-machine source: none of data_types {self.settings.data_types} "
                     f"feeds an enabled route ({', '.join(sorted(wanted)) or 'none'})")
             self.settings = self.settings.model_copy(update={"data_types": kept})
-        self.close_points = close_points
         self._parts: dict[str, SourceStats] = {}
 
     @classmethod
@@ -1293,7 +1224,7 @@ class TardisMachineSource(FixedPartitionedSource[LiveItem, dict[str, Any]]):
         stats = SourceStats()
         self._parts[for_part] = stats
         return _TardisMachinePartition(self.settings, exchanges, resume_state, stats,
-                                       f"{step_id}:{for_part}", self.close_points)
+                                       f"{step_id}:{for_part}")
 
 
 #: Compatibility name from the original design.

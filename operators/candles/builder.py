@@ -47,29 +47,6 @@ class ClosePolicy:
             raise ValueError("allowed_lateness_us cannot be negative")
 
 
-@dataclass(frozen=True)
-class ClosePoints:
-    """The times at which candles close: t where t - allowed lateness is a multiple of a
-    timeframe (the end of a candle plus the lateness). A trade with an exchange timestamp at or
-    after such a point closes a candle; so does the wall clock in live mode. A live source
-    flushes its micro-batches at these points, so candles close without waiting for the
-    batch delay."""
-
-    timeframes_us: tuple[int, ...]
-    allowed_lateness_us: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.timeframes_us or min(self.timeframes_us) <= 0:
-            raise ValueError(f"timeframes must be positive, got {self.timeframes_us!r}")
-        if self.allowed_lateness_us < 0:
-            raise ValueError("allowed_lateness_us cannot be negative")
-
-    def next_after(self, t_us: int) -> int:
-        """The first close point strictly after `t_us`."""
-        lateness = self.allowed_lateness_us
-        return min((t_us - lateness) // tf * tf + tf + lateness for tf in self.timeframes_us)
-
-
 @dataclass(slots=True)
 class ClosedCandles:
     """Candles of one timeframe closed by one call, oldest first (columnar)."""

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pytest
 from bytewax.testing import run_main
 
 from connectors import LiveFeatureStream
@@ -78,14 +77,11 @@ def test_websocket_replay_gives_the_candles_of_a_file_replay(tmp_path):
                 assert a.equals(b), (tf, col)
 
 
-@pytest.mark.parametrize("batch_delay", ["50ms", "30s"])
 def test_live_candles_arrive_on_time_even_without_a_next_trade(tmp_path, redis_url,
-                                                              redis_prefix, batch_delay):
+                                                              redis_prefix):
     """Trades stamped in one future second S arrive at once; then the market goes quiet. The
     candle of S must reach a LiveFeatureStream consumer soon after S + 1 s + lateness, and so
-    must the (filled) candle of S + 1 s, though no trade ever follows. With a 30 s batch delay
-    the trades would still wait in their micro-batch: the wall-clock close point sends them
-    on."""
+    must the (filled) candle of S + 1 s, though no trade ever follows."""
     lateness = 0.25
     now = time.time()
     second = int(now) + 6  # far enough ahead for the flow process to start and connect
@@ -99,7 +95,7 @@ def test_live_candles_arrive_on_time_even_without_a_next_trade(tmp_path, redis_u
             "mode": "streaming-candles-serve",
             "source": {"kind": "tardis-machine", "tardis_machine": {
                 "url": server.url, "exchanges": {"binance-futures": ["BTCUSDT"]},
-                "data_types": ["trade"], "max_batch_delay": batch_delay}},
+                "data_types": ["trade"]}},
             "candles": {"timeframes": ["1s"], "allowed_lateness": lateness},
             "serve": {"transport": "redis", "redis_url": redis_url, "key_prefix": redis_prefix},
             "outputs": {"dead_letter_path": str(tmp_path / "dl")},

@@ -10,12 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.candles.bars import SIDE_BUY, SIDE_SELL, SIDE_UNKNOWN
-from operators.candles.builder import (
-    ClosedCandles,
-    ClosePoints,
-    ClosePolicy,
-    MultiTimeframeCandles,
-)
+from operators.candles.builder import ClosedCandles, ClosePolicy, MultiTimeframeCandles
 
 S = 1_000_000  # one second in microseconds
 T0 = 1_699_920_000 * S  # 2023-11-14 00:00 UTC: aligned to every timeframe
@@ -171,25 +166,6 @@ def test_snapshot_is_small_picklable_and_resumes_exactly():
         big.add_trades(*arrays)
         arrays = (arrays[0] + n * 2 * S, arrays[1] + n * 2 * S, *arrays[2:])
     assert len(pickle.dumps(big.snapshot())) < 4096
-
-
-def test_close_points_are_candle_ends_plus_lateness():
-    points = ClosePoints((15 * S, 40 * S), 2 * S)
-    assert points.next_after(T0) == T0 + 2 * S             # [T0 - 15 s, T0) closes at T0 + 2 s
-    assert points.next_after(T0 + 2 * S) == T0 + 17 * S     # strictly after
-    assert points.next_after(T0 + 30 * S) == T0 + 32 * S
-    # 40 s ends: T0 is 1_699_920_000 s = 42_498_000 * 40 s, so T0 + 40 s + 2 s comes before 47 s
-    assert points.next_after(T0 + 33 * S) == T0 + 42 * S
-    # a trade at a close point closes exactly the candles that end lateness before it
-    m = MultiTimeframeCandles((15 * S, 40 * S), ClosePolicy(2 * S))
-    m.add_trades(*trades((1, 10, 1, SIDE_BUY)))
-    assert m.add_trades(*trades((16.999999, 10, 1, SIDE_BUY)))[0] == []
-    closed, _ = m.add_trades(*trades((17, 10, 1, SIDE_BUY)))
-    assert [(c.timeframe_us, int(c.start[0] - T0)) for c in closed] == [(15 * S, 0)]
-    with pytest.raises(ValueError, match="positive"):
-        ClosePoints((0,))
-    with pytest.raises(ValueError, match="negative"):
-        ClosePoints((S,), -1)
 
 
 def test_constructor_validates():
