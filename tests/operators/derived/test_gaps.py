@@ -11,6 +11,8 @@ import pyarrow as pa
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from connectors.tables import TICK_TABLES
 from connectors.tardis.datatypes import get_spec
@@ -225,3 +227,18 @@ def test_gaps_feed_the_candle_step_and_the_ticks_gaps_table():
     assert sorted(table.column("reason").to_pylist()) == sorted(g.reason for g in found)
     name, rows = derived_table_rows(found[0])
     assert name == "ticks_gaps" and rows.rows.column("row_key").null_count == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.lists(st.text(alphabet="0123456789a -/:", max_size=20), min_size=1, max_size=40),
+       offset=st.integers(0, 5))
+def test_integer_ids_of_null_free_strings_match_the_rule(ids, offset):
+    """Null-free string ids take a fast path checked on the buffers; any slice of them must
+    give what the rule says: 1 to 18 ASCII digits."""
+    import re
+
+    arr = pa.array(["x"] * offset + ids).slice(offset)
+    values, ok = integer_ids(arr)
+    want = [re.fullmatch(r"[0-9]{1,18}", v) is not None for v in ids]
+    assert ok.tolist() == want
+    assert values.tolist() == [int(v) for v, w in zip(ids, want, strict=True) if w]
