@@ -93,9 +93,13 @@ def test_publish_load_and_follow(registry: InstrumentRegistry, listings: Any) ->
 
 def test_a_blocking_read_wakes_up_on_publish(registry: InstrumentRegistry) -> None:
     mark = registry.last_event_id()
-    threading.Timer(0.1, registry.publish, args=([status(T0)],)).start()
+    publisher = threading.Timer(0.1, registry.publish, args=([status(T0)],))
+    publisher.start()
     started = time.monotonic()
     got = registry.read_events(mark, block=5.0)
+    # the read returns once the event is in; the publisher may still be reading its reply,
+    # so let it finish before the fixture closes the client they share
+    publisher.join(5.0)
     assert [e for _, e in got] == [status(T0)]
     assert time.monotonic() - started < 4.0
 
