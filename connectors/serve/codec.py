@@ -81,6 +81,40 @@ def encode_candles(batch: pa.RecordBatch) -> tuple[list[str], list[bytes]]:
     return ids, [dumps(dict(zip(names, row, strict=True))) for row in zip(*cols, strict=True)]
 
 
+def encode_many(batches: list[pa.RecordBatch]
+                ) -> list[tuple[list[str], list[bytes]] | ValueError]:
+    """`encode_candles` of each batch, in order (a batch that cannot be encoded gets its
+    ValueError instead).
+
+    Batches of one schema are encoded together: a candle close point brings a one-row batch
+    per symbol and timeframe, and converting 36 columns once for all of them costs about as
+    much as doing it for one (twenty one-row batches: ~1.4 ms instead of ~9 ms)."""
+    out: list[tuple[list[str], list[bytes]] | ValueError | None] = [None] * len(batches)
+    groups: dict[pa.Schema, list[int]] = {}
+    for i, b in enumerate(batches):
+        groups.setdefault(b.schema, []).append(i)
+    for members in groups.values():
+        if len(members) > 1:
+            try:
+                ids, payloads = encode_candles(
+                    pa.concat_batches([batches[i] for i in members]))
+            except ValueError:
+                pass  # one of them is bad: encode them one by one below to tell which
+            else:
+                at = 0
+                for i in members:
+                    n = batches[i].num_rows
+                    out[i] = (ids[at:at + n], payloads[at:at + n])
+                    at += n
+                continue
+        for i in members:
+            try:
+                out[i] = encode_candles(batches[i])
+            except ValueError as e:
+                out[i] = e
+    return out  # type: ignore[return-value]
+
+
 def decode_candle(stream_id: str, payload: bytes | str,
                   timestamps: Timestamps = "datetime") -> dict[str, Any]:
     """A stream entry as a candle_with_features dict.

@@ -21,7 +21,7 @@ from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from connectors.serve.codec import encode_candles
+from connectors.serve.codec import encode_many
 from connectors.serve.keys import DEFAULT_PREFIX, EntryPos, parse_id, stream_key
 from connectors.serve.stats import SinkStats, track, unwrap
 from operators import metrics
@@ -182,11 +182,12 @@ class MemoryServePartition(StatelessSinkPartition[Any]):
             self._write_batch(items)
 
     def _write_batch(self, items: list[Any]) -> None:
-        for item in items:
-            cb = unwrap(item)
-            if not len(cb):
-                continue
-            ids, payloads = encode_candles(cb.batch)
+        candles = [cb for cb in map(unwrap, items) if len(cb)]
+        for cb, encoded in zip(candles, encode_many([cb.batch for cb in candles]),
+                               strict=True):
+            if isinstance(encoded, ValueError):
+                raise encoded
+            ids, payloads = encoded
             key = stream_key(self.key_prefix, cb.exchange, cb.symbol, cb.timeframe)
             added, dup = self.broker.publish(key, ids, payloads, self.maxlen)
             with self._lock:

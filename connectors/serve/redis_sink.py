@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from connectors.serve.codec import encode_candles
+from connectors.serve.codec import encode_many
 from connectors.serve.keys import DEFAULT_PREFIX, latest_key, stream_key
 from connectors.serve.stats import SinkStats, track, unwrap
 from connectors.serve.url import RedisTarget, parse_redis_url, resolve_redis_url
@@ -171,18 +171,16 @@ class RedisServePartition(StatelessSinkPartition[Any]):
         if not self._thread.is_alive() and not self._stopping:
             raise RuntimeError("the Redis serve sink's writer thread has stopped")
         chunks = []
-        for item in items:
-            cb = unwrap(item)
-            if not len(cb):
-                continue
-            try:
-                ids, payloads = encode_candles(cb.batch)
-            except ValueError as e:
+        candles = [cb for cb in map(unwrap, items) if len(cb)]
+        for cb, encoded in zip(candles, encode_many([cb.batch for cb in candles]),
+                               strict=True):
+            if isinstance(encoded, ValueError):
                 with self._cond:
                     self._stats.failed_rows += len(cb)
                 log.error("serve sink: %d candles of %s:%s:%s cannot be written: %s",
-                          len(cb), cb.exchange, cb.symbol, cb.timeframe, e)
+                          len(cb), cb.exchange, cb.symbol, cb.timeframe, encoded)
                 continue
+            ids, payloads = encoded
             s = self._sink
             chunks.append(_Chunk(
                 stream_key(s.key_prefix, cb.exchange, cb.symbol, cb.timeframe),

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 from connectors.sinks.base import WriteResult
 from connectors.tables import TableDef
 
+_NULL_DATE = "__HIVE_DEFAULT_PARTITION__"
 _HIGH_CARDINALITY = frozenset({"row_key", "id"})
 _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="parquet-writer")
 _PART_RE = re.compile(r"^part-(?P<run>[0-9A-Za-z]+)-(?P<seq>\d{8})\.parquet$")
@@ -34,6 +36,30 @@ _PART_RE = re.compile(r"^part-(?P<run>[0-9A-Za-z]+)-(?P<seq>\d{8})\.parquet$")
 
 def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + uuid.uuid4().hex[:6]
+
+
+def _by_date(rows: pa.Table, field: str) -> list[tuple[str, pa.Table]]:
+    """The rows split by the UTC date (YYYY-MM-DD) of their `field`, in date order.
+
+    Day numbers come from integer division of the microseconds (pc.strftime over every row
+    cost more than encoding the file); only the distinct days are formatted."""
+    col = rows.column(field)
+    if col.null_count:  # Hive's folder for a null partition value; pyarrow reads it as null
+        nulls = pc.is_null(col)
+        return [(_NULL_DATE, rows.filter(nulls)),
+                *_by_date(rows.filter(pc.invert(nulls)), field)]
+    if not len(col):
+        return []
+    us = col.cast(pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64()).to_numpy()
+    day_no = us // 86_400_000_000
+    lo, hi = int(day_no.min()), int(day_no.max())
+
+    def label(n: int) -> str:
+        return datetime.fromtimestamp(n * 86_400, UTC).strftime("%Y-%m-%d")
+
+    if lo == hi:
+        return [(label(lo), rows)]
+    return [(label(int(n)), rows.filter(pa.array(day_no == n))) for n in np.unique(day_no)]
 
 
 class ParquetWriter:
@@ -78,10 +104,7 @@ class ParquetWriter:
         name = f"part-{self.run_id}-{seq:08d}.parquet"
         dictionary = [f.name for f in table.schema
                       if pa.types.is_string(f.type) and f.name not in _HIGH_CARDINALITY]
-        day = pc.strftime(rows.column(table.partition_field), format="%Y-%m-%d")
-        days = pc.unique(day).to_pylist()
-        for d in days:
-            part = rows if len(days) == 1 else rows.filter(pc.equal(day, d))
+        for d, part in _by_date(rows, table.partition_field):
             out_dir = self.root / table.name / f"date={d}"
             out_dir.mkdir(parents=True, exist_ok=True)
             tmp = out_dir / f".{name}.tmp"

@@ -44,14 +44,18 @@ def trade_arrays(batch: pa.RecordBatch) -> tuple[np.ndarray, ...]:
     return ts, local, price, amount, side_codes(batch.column("side"))
 
 
-_BUY, _SELL = np.frombuffer(b"buy", np.uint8), np.frombuffer(b"sell", np.uint8)
+# "buy" and "sell" as little-endian words: a row's first four bytes read as one uint32
+_BUY_WORD = int.from_bytes(b"buy", "little")        # compared under a 3-byte mask
+_SELL_WORD = int.from_bytes(b"sell", "little")
 
 
 def side_codes(col: pa.Array) -> np.ndarray:
     """SIDE_BUY for "buy", SIDE_SELL for "sell", SIDE_UNKNOWN for anything else (or null).
 
-    Reads the string buffers directly: a row is "buy" when it is 3 bytes long and its bytes
-    are b, u, y (likewise "sell"), about 4x faster than two string comparisons."""
+    Reads the string buffers directly: each row's first four bytes are gathered as one
+    uint32 word (from four aligned word views of the bytes, one per start offset modulo 4),
+    and a row is "buy" when it is 3 bytes long and its word's low three bytes are b, u, y
+    (likewise "sell" with 4 bytes). About 7x faster than two string comparisons."""
     n = len(col)
     side = np.full(n, SIDE_UNKNOWN, np.int8)
     if not n:
@@ -62,15 +66,22 @@ def side_codes(col: pa.Array) -> np.ndarray:
         return side
     _, offsets_buf, data_buf = col.buffers()
     offsets = np.frombuffer(offsets_buf, np.int32, n + 1, col.offset * 4)
-    data = np.frombuffer(data_buf, np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    start, length = offsets[:-1], np.diff(offsets)
-    valid = np.asarray(col.is_valid()) if col.null_count else True
-    for code, word in ((SIDE_BUY, _BUY), (SIDE_SELL, _SELL)):
-        rows = np.flatnonzero((length == len(word)) & valid)
-        if not len(rows):
-            continue
-        chars = data[start[rows, None] + np.arange(len(word))]
-        side[rows[(chars == word).all(axis=1)]] = code
+    lo, size = int(offsets[0]), int(offsets[-1] - offsets[0])
+    if data_buf is None or not size:
+        return side
+    m = (size + 3) // 4 + 1  # words per view, covering every start plus four bytes
+    data = np.zeros(4 * m + 3, np.uint8)
+    data[:size] = np.frombuffer(data_buf, np.uint8, size, lo)
+    words = np.empty((4, m), np.uint32)  # words[k, q] = the 4 bytes at 4q + k
+    for k in range(4):
+        words[k] = data[k:k + 4 * m].view("<u4")
+    start = offsets[:-1] - lo
+    word = words.ravel()[(start & 3) * m + (start >> 2)]
+    length = np.diff(offsets)
+    side[(length == 3) & ((word & 0xFFFFFF) == _BUY_WORD)] = SIDE_BUY
+    side[(length == 4) & (word == _SELL_WORD)] = SIDE_SELL
+    if col.null_count:
+        side[~np.asarray(col.is_valid())] = SIDE_UNKNOWN
     return side
 
 

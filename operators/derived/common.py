@@ -23,7 +23,8 @@ def int_column(batch: pa.RecordBatch, name: str) -> tuple[np.ndarray, np.ndarray
     if pa.types.is_timestamp(col.type):
         col = col.view(pa.int64())
     if not col.null_count:
-        return col.cast(pa.int64()).to_numpy(), np.ones(len(col), bool)
+        values = col.to_numpy() if col.type == pa.int64() else col.cast(pa.int64()).to_numpy()
+        return values, np.ones(len(col), bool)
     valid = np.asarray(col.is_valid())
     return np.asarray(pc.fill_null(col, 0)), valid
 

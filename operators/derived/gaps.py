@@ -39,6 +39,9 @@ from operators.messages import Gap, TickBatch
 GapIn = TickBatch | Gap
 GapOut = TickBatch | Gap
 _MAX_ID = 10**18  # ids have at most 18 digits, so every one fits in int64
+#: Batches up to this many rows are checked row by row in plain Python: a live micro-batch
+#: holds a few rows, and the vectorised path's dozen numpy calls cost more than the rows.
+_SMALL = 128  # measured crossover: ~150 rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,8 @@ class TradeIdGapDetector:
 
     def add(self, ts: np.ndarray, ids: pa.Array) -> DetectedGaps:
         """Trades in arrival order (exchange timestamps, ids) -> the id gaps before them."""
+        if len(ids) <= _SMALL and (ids.type == pa.string() or pa.types.is_integer(ids.type)):
+            return self._add_rows(np.asarray(ts, np.int64).tolist(), ids.to_pylist())
         values, ok = integer_ids(ids)
         if not len(values):
             return DetectedGaps.empty()
@@ -122,6 +127,41 @@ class TradeIdGapDetector:
         return DetectedGaps(start, np.maximum(ts[k + 1], start), reasons)
 
 
+    def _add_rows(self, ts: list[int], ids: list[str | int | None]) -> DetectedGaps:
+        """`add` row by row, for a few rows: the same gaps, reasons and state."""
+        top, last_ts = self._state if self._state is not None else (None, 0)
+        starts: list[int] = []
+        ends: list[int] = []
+        reasons: list[str] = []
+        for t, raw in zip(ts, ids, strict=True):
+            if type(raw) is str:
+                if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
+                    continue
+                v = int(raw)
+            elif type(raw) is int and 0 <= raw < _MAX_ID:
+                v = raw
+            else:
+                continue
+            if top is not None:
+                missing = v - top - 1
+                if missing >= self.min_missing:
+                    a = top + 1
+                    reasons.append(f"trade_id_gap: 1 missing id ({a})" if missing == 1 else
+                                   f"trade_id_gap: {missing} missing ids ({a}..{a + missing - 1})")
+                    starts.append(last_ts)
+                    ends.append(max(t, last_ts))
+                if v > top:
+                    top = v
+            else:
+                top = v
+            last_ts = t
+        if top is not None:
+            self._state = (top, last_ts)
+        if not reasons:
+            return DetectedGaps.empty()
+        return DetectedGaps(np.array(starts, np.int64), np.array(ends, np.int64), reasons)
+
+
 class SilenceDetector:
     """Time gaps of one data type of one (exchange, symbol): exchange-time silences longer
     than `max_silence_us`."""
@@ -141,6 +181,8 @@ class SilenceDetector:
         ts = np.asarray(ts, np.int64)
         if not len(ts):
             return DetectedGaps.empty()
+        if len(ts) <= _SMALL:
+            return self._add_rows(ts.tolist())
         if self._latest is not None:
             ts = np.concatenate(([self._latest], ts))
         top = np.maximum.accumulate(ts)
@@ -152,6 +194,29 @@ class SilenceDetector:
         reasons = [f"time_gap: {s / 1e6:.1f} s without {self.data_type}"
                    for s in silence[k].tolist()]
         return DetectedGaps(top[k], ts[k + 1], reasons)
+
+
+    def _add_rows(self, ts: list[int]) -> DetectedGaps:
+        """`add` row by row, for a few rows: the same gaps, reasons and state."""
+        latest = self._latest
+        starts: list[int] = []
+        ends: list[int] = []
+        reasons: list[str] = []
+        for t in ts:
+            if latest is None:
+                latest = t
+                continue
+            silence = t - latest
+            if silence > self.max_silence_us:
+                reasons.append(f"time_gap: {silence / 1e6:.1f} s without {self.data_type}")
+                starts.append(latest)
+                ends.append(t)
+            if t > latest:
+                latest = t
+        self._latest = latest
+        if not reasons:
+            return DetectedGaps.empty()
+        return DetectedGaps(np.array(starts, np.int64), np.array(ends, np.int64), reasons)
 
 
 class GapLogic(StatefulBatchLogic[GapIn, GapOut, tuple]):

@@ -8,7 +8,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from connectors.serve.codec import decode_candle, encode_candles
+from connectors.serve.codec import decode_candle, encode_candles, encode_many
 from features.columns import feature_columns
 from operators.candles.schema import CANDLE_COLUMNS
 from tests.connectors.serve.candles import PERIODS, candles, entry_ids
@@ -84,3 +84,26 @@ def test_small_batches_encode_row_by_row_to_the_same_json() -> None:
     nan = batch.set_column(batch.schema.get_field_index("sma_5"), "sma_5",
                            pa.array([float("nan")] * batch.num_rows))
     assert encode_candles(nan.slice(0, 3))[1] == encode_candles(nan)[1][:3]
+
+
+def test_encode_many_equals_each_batch_encoded_alone() -> None:
+    """A close point's batches are encoded together; each gets exactly its own rows' bytes,
+    and a bad batch among them gets its error while the others are still encoded."""
+    good = [candles(i, n, symbol=f"S{i}", timeframe=tf).batch
+            for i, (n, tf) in enumerate([(1, "1m"), (3, "15s"), (1, "5m"), (12, "1h"), (1, "1m")])]
+    other_schema = good[1].select(["timestamp", "close"])
+    bad = pa.RecordBatch.from_pydict(
+        {"timestamp": pa.array([None], pa.timestamp("us", tz="UTC"))}).cast(
+        pa.schema([pa.field("timestamp", pa.timestamp("us", tz="UTC"))]))
+    bad_same_schema = good[0].set_column(
+        good[0].schema.get_field_index("timestamp"), good[0].schema.field("timestamp"),
+        pa.array([None], pa.timestamp("us", tz="UTC")))
+    batches = [good[0], good[1], other_schema, bad_same_schema, good[2], good[3], bad, good[4]]
+    out = encode_many(batches)
+    assert len(out) == len(batches)
+    for b, got in zip(batches, out, strict=True):
+        if b is bad or b is bad_same_schema:
+            assert isinstance(got, ValueError)
+        else:
+            assert got == encode_candles(b)
+    assert encode_many([]) == []

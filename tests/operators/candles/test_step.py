@@ -14,7 +14,8 @@ from operators.candles.schema import CANDLE_SCHEMA
 from operators.candles.step import _Repeated, candles_to_batch, side_codes
 
 _SIDES = st.one_of(st.none(), st.sampled_from(["buy", "sell", "unknown", "", "bu", "buyy",
-                                                "sel", "sellx", "BUY", "s", "b"]))
+                                                "sel", "sellx", "BUY", "s", "b", "bux",
+                                                "xuy", "selm", "aell", "buy\x00"]))
 
 
 def _expected(values: list[str | None]) -> list[int]:

@@ -242,3 +242,45 @@ def test_integer_ids_of_null_free_strings_match_the_rule(ids, offset):
     want = [re.fullmatch(r"[0-9]{1,18}", v) is not None for v in ids]
     assert ok.tolist() == want
     assert values.tolist() == [int(v) for v, w in zip(ids, want, strict=True) if w]
+
+
+_ID = st.one_of(st.none(), st.integers(0, 60).map(str), st.sampled_from(["", "7a", "x", "-3",
+                "١٢", "1" * 19, "0" * 18, " 5"]), st.integers(0, 60))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.lists(st.tuples(st.integers(0, 40), _ID), min_size=1, max_size=40),
+       cuts=st.lists(st.integers(1, 39), max_size=6), min_missing=st.integers(1, 3),
+       state=st.one_of(st.none(), st.tuples(st.integers(0, 30), st.integers(0, 20))),
+       integer_typed=st.booleans())
+def test_small_batches_row_by_row_find_what_the_vectorised_path_finds(
+        rows, cuts, min_missing, state, integer_typed):
+    """Batches of up to 128 rows go through plain-Python loops: cut into such pieces, any
+    stream gives the gaps, reasons and state of the vectorised path over the whole."""
+    from unittest.mock import patch
+
+    import operators.derived.gaps as gaps
+
+    ts = np.array([t * S for t, _ in rows], np.int64)
+    if integer_typed:
+        ids = pa.array([v if isinstance(v, int) else None for _, v in rows], pa.int64())
+    else:
+        ids = pa.array([v if not isinstance(v, int) else str(v) for _, v in rows], pa.string())
+    with patch.object(gaps, "_SMALL", -1):  # everything vectorised
+        ref_ids, ref_sil = TradeIdGapDetector(min_missing, state), SilenceDetector(3 * S, "trades")
+        want_ids, want_sil = ref_ids.add(ts, ids), ref_sil.add(ts)
+    det_ids, det_sil = TradeIdGapDetector(min_missing, state), SilenceDetector(3 * S, "trades")
+    got_ids, got_sil = [], []
+    bounds = [0, *sorted(c for c in set(cuts) if c < len(rows)), len(rows)]
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        got_ids.append(det_ids.add(ts[lo:hi], ids.slice(lo, hi - lo)))
+        got_sil.append(det_sil.add(ts[lo:hi]))
+
+    def flat(found):
+        return [(int(a), int(b), r) for d in found
+                for a, b, r in zip(d.start_us, d.end_us, d.reasons, strict=True)]
+
+    assert flat(got_ids) == flat([want_ids])
+    assert flat(got_sil) == flat([want_sil])
+    assert det_ids.snapshot() == ref_ids.snapshot()
+    assert det_sil.snapshot() == ref_sil.snapshot()
