@@ -213,6 +213,11 @@ class MultiTimeframeCandles:
         """Close every timeframe up to `threshold` (None: through its last open bar, at the
         end of input), finest first: the real bars a timeframe closes go into the open bars
         of the timeframes built from it before those are closed."""
+        if threshold is not None and not self._closes_by(threshold):
+            # the usual live batch: nothing ends yet (skips a pass over every timeframe)
+            self.closed_until = closed_until
+            self._prune_gaps()
+            return []
         out = []
         closed_real: list[Partials] = []
         for i, tfs in enumerate(self._tfs):
@@ -234,12 +239,29 @@ class MultiTimeframeCandles:
             if c is not None and len(c):
                 out.append(c)
         self.closed_until = closed_until
+        self._prune_gaps()
+        return out
+
+    def _closes_by(self, threshold: int) -> bool:
+        """Whether closing up to `threshold` emits anything: some timeframe has an open bar
+        ending at or before it, or (filling) an empty interval after its last candle does.
+        A coarser timeframe only gets bars when its parent closes one, so the check is
+        exact without the cascade."""
+        fill = self.policy.fill_empty
+        for t in self._tfs:
+            if len(t.open_bars) and int(t.open_bars.start[0]) + t.tf <= threshold:
+                return True
+            if fill and t.last_end is not None and t.last_end + t.tf <= threshold:
+                return True  # empty intervals before the first open bar are due
+        return False
+
+    def _prune_gaps(self) -> None:
+        """Forget gaps that end before every timeframe's last closed interval."""
         if self.gaps:
             ends = [t.last_end for t in self._tfs if t.last_end is not None]
             if ends:
                 horizon = min(ends)
                 self.gaps = [g for g in self.gaps if g[1] >= horizon]
-        return out
 
     def _close_timeframe(self, tfs: _Timeframe, threshold: int
                          ) -> tuple[ClosedCandles | None, Partials]:

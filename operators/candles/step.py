@@ -47,6 +47,8 @@ def trade_arrays(batch: pa.RecordBatch) -> tuple[np.ndarray, ...]:
 # "buy" and "sell" as little-endian words: a row's first four bytes read as one uint32
 _BUY_WORD = int.from_bytes(b"buy", "little")        # compared under a 3-byte mask
 _SELL_WORD = int.from_bytes(b"sell", "little")
+_SIDE_OF = {"buy": SIDE_BUY, "sell": SIDE_SELL}
+_SMALL_SIDES = 128  # rows; the word path wins above ~150
 
 
 def side_codes(col: pa.Array) -> np.ndarray:
@@ -64,6 +66,9 @@ def side_codes(col: pa.Array) -> np.ndarray:
         side[np.asarray(pc.fill_null(pc.equal(col, "buy"), False))] = SIDE_BUY
         side[np.asarray(pc.fill_null(pc.equal(col, "sell"), False))] = SIDE_SELL
         return side
+    if n <= _SMALL_SIDES:  # a live micro-batch: a dict lookup per row beats 20 numpy calls
+        get = _SIDE_OF.get
+        return np.array([get(v, SIDE_UNKNOWN) for v in col.to_pylist()], np.int8)
     _, offsets_buf, data_buf = col.buffers()
     offsets = np.frombuffer(offsets_buf, np.int32, n + 1, col.offset * 4)
     lo, size = int(offsets[0]), int(offsets[-1] - offsets[0])

@@ -332,3 +332,42 @@ def test_snapshot_of_the_earlier_layout_is_refused_with_a_clear_message():
     r = MultiTimeframeCandles.from_snapshot(pickle.loads(pickle.dumps(m.snapshot())),
                                             ClosePolicy())
     assert r.snapshot() == m.snapshot()
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=trade_streams, cuts=st.lists(st.integers(0, 300), max_size=8),
+       ticks=st.lists(st.integers(0, 400), max_size=8),
+       lateness=st.sampled_from([0, 2 * S, 20 * S]), fill=st.booleans())
+def test_the_nothing_due_shortcut_emits_what_the_full_pass_emits_call_by_call(
+        rows, cuts, ticks, lateness, fill):
+    """A batch or clock tick that closes nothing skips the pass over the timeframes; every
+    call must still return exactly what the full pass returns, at the same call (filled
+    intervals before an open bar included), and leave the same snapshot."""
+    from unittest.mock import patch
+
+    arrays = _arrays(rows)
+    n = len(rows)
+    bounds = sorted({0, n, *[c % (n + 1) for c in cuts]})
+    pieces = [tuple(a[lo:hi] for a in arrays) for lo, hi in zip(bounds[:-1], bounds[1:],
+                                                                   strict=True)]
+    tfs = (1 * S, 15 * S, 40 * S, 60 * S)
+    policy = ClosePolicy(lateness, fill)
+
+    def calls(m: MultiTimeframeCandles) -> list:
+        out = []
+        for i, piece in enumerate(pieces):
+            c, lt = m.add_trades(*piece)
+            out.append(([(x.timeframe_us, x.start.tolist(), x.close.tolist()) for x in c],
+                        [(x.timeframe_us, x.index.tolist()) for x in lt]))
+            if i < len(ticks):  # a wall-clock tick between batches
+                now = int(piece[0].max()) + ticks[i] * S // 10
+                out.append([(x.timeframe_us, x.start.tolist()) for x in m.advance_to(now)])
+        return out
+
+    fast = MultiTimeframeCandles(tfs, policy)
+    got = calls(fast)
+    full = MultiTimeframeCandles(tfs, policy)
+    with patch.object(MultiTimeframeCandles, "_closes_by", lambda self, threshold: True):
+        want = calls(full)
+    assert got == want
+    assert fast.snapshot() == full.snapshot()
