@@ -200,11 +200,14 @@ class LineChunker:
                     cut = self._buf.find(b"\n") + 1
                 if cut == 0:
                     break
-                data = bytes(self._buf[:cut])
+                with memoryview(self._buf) as view:  # one copy, not a slice and a copy
+                    data = bytes(view[:cut])
                 # a new buffer for the rest: `del` would keep the chunk's capacity allocated
                 # for as long as this (possibly idle) partition lives
                 self._buf = self._buf[cut:]
-                n_lines = data.count(b"\n")
+                # numpy counts without holding the GIL (bytes.count holds it ~1 ms a chunk,
+                # which the flow's thread waits for)
+                n_lines = int(np.count_nonzero(np.frombuffer(data, np.uint8) == 10))
                 first = self.lines_read + 1
                 self.lines_read += n_lines
                 if self.skip_lines:
