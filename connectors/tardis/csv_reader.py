@@ -417,9 +417,9 @@ class ChunkParser:
         reason: pa.Array | None = None
         for mask, text in checks:
             m = mask.combine_chunks() if isinstance(mask, pa.ChunkedArray) else mask
-            m = pc.fill_null(m, False)
-            if not pc.any(m).as_py():
+            if not pc.any(m).as_py():  # skips nulls (a null mask value is not a bad row)
                 continue
+            m = pc.fill_null(m, False)
             value = pa.scalar(text) if isinstance(text, str) else text
             this = pc.if_else(m, value, pa.scalar(None, pa.string()))
             reason = this if reason is None else pc.coalesce(reason, this)
