@@ -33,6 +33,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _children_cpu(exclude: set[int]) -> float:
+    """CPU seconds (user + system) of this process's live children not in `exclude`: the
+    decoder processes of `--decoder process`."""
+    me, total = os.getpid(), 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == me:
+            total += (int(stat[11]) + int(stat[12])) / tick
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,6 +101,8 @@ def main() -> None:
                    help="memory: consumers run in the flow's process; redis: in their own")
     p.add_argument("--batch-delay", default=None,
                    help="source.tardis_machine.max_batch_delay (default: streaming.yaml's)")
+    p.add_argument("--decoder", choices=["thread", "process"], default=None,
+                   help="source.tardis_machine.decoder (default: streaming.yaml's)")
     p.add_argument("--consume", help=argparse.SUPPRESS)  # internal: consumer process
     args = p.parse_args()
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -105,6 +124,8 @@ def main() -> None:
                     "data_types": ["trade"]}
     if args.batch_delay:
         source["max_batch_delay"] = args.batch_delay
+    if args.decoder:
+        source["decoder"] = args.decoder
     cfg = config_from_dict({
         "mode": "streaming-candles-serve",
         "source": {"kind": "tardis-machine", "tardis_machine": source},
@@ -128,7 +149,7 @@ def main() -> None:
         feed.stdout.readline()  # "live feed on ..."
         threading.Thread(target=run_main, args=(flow,), daemon=True, name="flow").start()
 
-        counts: list[tuple[float, float, float]] = []
+        counts: list[tuple[float, float, float, float]] = []
         until = time.time() + args.seconds + 3
         if args.transport == "redis":  # consumers are other services: their own process
             consumer = subprocess.Popen(
@@ -136,10 +157,13 @@ def main() -> None:
                  str(args.symbols), "--seconds", str(until - time.time()), "--lateness",
                  str(args.lateness)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
+        others = {feed.pid} | ({consumer.pid} if consumer is not None else set())
+
         async def sample() -> None:
             while time.time() < until:
                 cpu = os.times()
-                counts.append((time.time(), metrics.ROWS_IN.value(), cpu.user + cpu.system))
+                counts.append((time.time(), metrics.ROWS_IN.value(), cpu.user + cpu.system,
+                               _children_cpu(others)))
                 await asyncio.sleep(0.25)
 
         async def run_all() -> list[float]:
@@ -169,6 +193,8 @@ def main() -> None:
     rate = (n[last] - n[first]) / (t[last] - t[first])
     cpu = np.array([c[2] for c in counts])
     cpu_us = (cpu[last] - cpu[first]) / max(n[last] - n[first], 1) * 1e6
+    dec = np.array([c[3] for c in counts])
+    dec_us = (dec[last] - dec[first]) / max(n[last] - n[first], 1) * 1e6
     # the first two seconds of candles are warm-up (connections, first allocations)
     first_end = min((e for e, _ in latencies), default=0.0)
     warm = [(e, x) for e, x in latencies if e >= first_end + 2]
@@ -180,6 +206,8 @@ def main() -> None:
     print("| measure | value |\n|---|---:|")
     print(f"| sustained ticks in (messages/s) | {rate:,.0f} |")
     print(f"| flow process CPU per message (us, all threads) | {cpu_us:.1f} |")
+    if dec_us > 0:
+        print(f"| decoder processes CPU per message (us) | {dec_us:.1f} |")
     print(f"| ticks in total | {int(n[-1]):,} |")
     print(f"| 1s candles received | {len(latencies):,} ({len(lat):,} after a 2 s warm-up) |")
     if len(lat):

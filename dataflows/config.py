@@ -124,6 +124,9 @@ class TardisMachineSource(_Strict):
     max_queue_frames: int = Field(default=200_000, ge=100)
     connection_per_exchange: bool = False
     stop_on_normal_close: bool = False
+    decoder: Literal["thread", "process"] = Field(
+        default="thread", description="where frames are decoded into Arrow batches: in the "
+        "flow's process, or in a child process per connection (off the flow's GIL)")
 
     @field_validator("url")
     @classmethod

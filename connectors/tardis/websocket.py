@@ -1026,39 +1026,58 @@ class _Assembler:
 # Bytewax partition and source
 
 
-class _TardisMachinePartition(StatefulSourcePartition[LiveItem, dict[str, Any]]):
+@dataclass(slots=True)
+class Polled:
+    """What one poll of a decoder gave: items for Bytewax, connection events for the health
+    registry (("connected" | "disconnected" | "finished" | "crashed", text)), the wall time
+    (us) before which everything received has been emitted (None: not caught up, or a
+    replay), and whether the stream finished."""
+
+    items: list[LiveItem]
+    events: list[tuple[str, str]]
+    clock_us: int | None
+    finished: bool = False
+    crashed: str | None = None
+
+
+class LocalDecoder:
+    """Receives (connection thread) and decodes (caller's thread) one partition's frames.
+
+    `poll` drains the frame queue for at most _POLL_BUDGET_S, so it never waits on the
+    network. Used by the partition directly (`decoder: thread`) or inside the decoder process
+    (`decoder: process`, connectors.tardis.decoder_process)."""
+
     def __init__(self, settings: TardisMachineSettings, exchanges: list[str],
                  resume_state: dict[str, Any] | None, stats: SourceStats, name: str) -> None:
+        self.replay = settings.replay_from is not None
         self._settings = settings
         self._exchanges = exchanges
-        self._replay = settings.replay_from is not None
         self._queue: deque[Any] = deque()
-        self._stats = stats
-        endpoint = REPLAY_PATH if self._replay else LIVE_PATH
+        self.stats = stats
+        endpoint = REPLAY_PATH if self.replay else LIVE_PATH
         self._assembler = _Assembler(settings, exchanges,
                                      public_url(settings.url.rstrip("/") + endpoint), stats,
                                      resume_state)
-        self._done = False
         self._conn = _Connection(settings, self._url, self._queue, stats,
-                                 final_on_normal_close=self._replay
+                                 final_on_normal_close=self.replay
                                  or settings.stop_on_normal_close,
-                                 wait_for_resume_point=self._replay,
+                                 wait_for_resume_point=self.replay,
                                  name=f"tardis-machine:{name}")
-        from connectors.monitoring import source_status
-
-        self._status = source_status(f"tardis-machine:{name}", live=not self._replay)
-        self._clock_name = f"tardis-machine:{name}:{id(self)}"
         self._conn.start()
 
     def _url(self) -> str:
         options = build_options(self._settings, self._exchanges, self._assembler.resume_from)
-        return machine_url(self._settings.url, options, self._replay)
+        return machine_url(self._settings.url, options, self.replay)
 
-    def next_batch(self) -> list[LiveItem]:
-        if self._done:
-            raise StopIteration
+    @property
+    def idle(self) -> bool:
+        """No frame waits to be decoded."""
+        return not self._queue
+
+    def poll(self) -> Polled:
         asm, queue = self._assembler, self._queue
         deadline = time.perf_counter() + _POLL_BUDGET_S
+        events: list[tuple[str, str]] = []
         n = 0
         while queue:
             item = queue.popleft()
@@ -1066,40 +1085,88 @@ class _TardisMachinePartition(StatefulSourcePartition[LiveItem, dict[str, Any]])
             if kind is bytearray or kind is bytes or kind is memoryview:
                 asm.on_frame(item)
             else:
-                self._report(item)
+                events.append(_event_record(item))
                 asm.on_event(item)
                 if asm.crashed:
-                    raise RuntimeError(f"tardis-machine connection thread crashed: "
-                                       f"{asm.crashed}")
+                    return Polled(asm.take_output(), events, None, crashed=asm.crashed)
                 if asm.finished:
                     break
             n += 1
             if not n & 63 and time.perf_counter() > deadline:
                 break
         asm.flush_due()
-        self._stats.queue_depth = len(queue)
-        if not queue and not self._replay:  # everything received is decoded: advance the clock
-            live_clock.caught_up(self._clock_name, asm.pending_since_wall_us())
-        out = asm.take_output()
+        self.stats.queue_depth = len(queue)
+        # everything received is decoded: the live clock may advance
+        clock = asm.pending_since_wall_us() if not queue and not self.replay else None
+        return Polled(asm.take_output(), events, clock, finished=asm.finished)
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._assembler.snapshot()
+
+    def close(self) -> None:
+        self._conn.stop()
+
+
+def _event_record(event: Any) -> tuple[str, str]:
+    if isinstance(event, _Connected):
+        return ("connected", event.url)
+    if isinstance(event, _Disconnected):
+        return ("disconnected", event.reason)
+    if isinstance(event, _Finished):
+        return ("finished", event.reason)
+    if isinstance(event, _Crashed):
+        return ("crashed", event.error)
+    return ("other", repr(event))
+
+
+class _TardisMachinePartition(StatefulSourcePartition[LiveItem, dict[str, Any]]):
+    def __init__(self, settings: TardisMachineSettings, exchanges: list[str],
+                 resume_state: dict[str, Any] | None, stats: SourceStats, name: str) -> None:
+        self._replay = settings.replay_from is not None
+        self._stats = stats
+        self._done = False
+        from connectors.monitoring import source_status
+
+        self._status = source_status(f"tardis-machine:{name}", live=not self._replay)
+        self._clock_name = f"tardis-machine:{name}:{id(self)}"
+        self._decoder: LocalDecoder | Any
+        if settings.decoder == "process":
+            from connectors.tardis.decoder_process import ProcessDecoder
+
+            self._decoder = ProcessDecoder(settings, exchanges, resume_state, stats, name)
+        else:
+            self._decoder = LocalDecoder(settings, exchanges, resume_state, stats, name)
+
+    def next_batch(self) -> list[LiveItem]:
+        if self._done:
+            raise StopIteration
+        polled = self._decoder.poll()
+        for kind, text in polled.events:
+            self._report(kind, text)
+        if polled.crashed:
+            raise RuntimeError(f"tardis-machine connection thread crashed: {polled.crashed}")
+        if polled.clock_us is not None:
+            live_clock.caught_up(self._clock_name, polled.clock_us)
+        out = polled.items
         self._count(out)
-        if asm.finished:
+        if polled.finished:
             self._done = True
             live_clock.forget(self._clock_name)
-            self._conn.stop()
+            self._decoder.close()
             if not out:
                 raise StopIteration
         return out
 
-    def _report(self, event: Any) -> None:
+    def _report(self, kind: str, text: str) -> None:
         """Connection events -> the health registry (/health, /metrics)."""
-        if isinstance(event, _Connected):
+        if kind == "connected":
             self._status.connected()
-        elif isinstance(event, _Disconnected):
-            self._status.disconnected(event.reason)
-        elif isinstance(event, _Finished):
+        elif kind == "disconnected":
+            self._status.disconnected(text)
+        elif kind == "finished":
             self._status.done()
-        elif isinstance(event, _Crashed):
-            self._status.failed(event.error)
+        elif kind == "crashed":
+            self._status.failed(text)
 
     def _count(self, out: list[LiveItem]) -> None:
         """Rows in and rejected, per data type, once per batch (operators.metrics)."""
@@ -1119,11 +1186,11 @@ class _TardisMachinePartition(StatefulSourcePartition[LiveItem, dict[str, Any]])
         return None
 
     def snapshot(self) -> dict[str, Any]:
-        return self._assembler.snapshot()
+        return self._decoder.snapshot()
 
     def close(self) -> None:
         live_clock.forget(self._clock_name)
-        self._conn.stop()
+        self._decoder.close()
 
 
 def _revalidatable(settings: TardisMachineSettings) -> dict[str, Any]:

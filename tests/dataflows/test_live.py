@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 from bytewax.testing import run_main
 
 from connectors import LiveFeatureStream
@@ -44,7 +45,8 @@ def messages_from_csv(path: Path) -> list[dict]:
                 for r in csv.DictReader(f)]
 
 
-def test_websocket_replay_gives_the_candles_of_a_file_replay(tmp_path):
+@pytest.mark.parametrize("decoder", ["thread", "process"])
+def test_websocket_replay_gives_the_candles_of_a_file_replay(tmp_path, decoder):
     [f] = generate_trades(tmp_path / "gen", symbols=["ETHUSDT"], day="2024-01-15",
                           trades_per_symbol=5_000, seed=8)
     expected = replay_to_parquet([str(f)], tmp_path / "files")
@@ -54,7 +56,7 @@ def test_websocket_replay_gives_the_candles_of_a_file_replay(tmp_path):
             "source": {"kind": "tardis-machine", "tardis_machine": {
                 "url": server.url, "exchanges": {"binance-futures": ["ETHUSDT"]},
                 "data_types": ["trade"], "replay_from": "2024-01-15T00:00:00Z",
-                "replay_to": "2024-01-16T00:00:00Z"}},
+                "replay_to": "2024-01-16T00:00:00Z", "decoder": decoder}},
             "persist": {"parquet": {"path": str(out)}},
             "outputs": {"dead_letter_path": str(out / "dead_letter")},
             "monitoring": {"enabled": False}})

@@ -62,6 +62,10 @@ def no_env_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TARDIS_MACHINE_URL", raising=False)
 
 
+#: Selected tests run with frames decoded in the flow's process and in a decoder process.
+DECODERS = pytest.mark.parametrize("decoder", ["thread", "process"])
+
+
 def source_for(server: TardisMachineServer, **kw: Any) -> TardisMachineSource:
     settings: dict[str, Any] = {"url": server.url, "exchanges": {"bitmex": ["XBTUSD"]},
                                 "data_types": BITMEX_TYPES, "stop_on_normal_close": True, **FAST}
@@ -268,12 +272,13 @@ def test_server_filters_by_exchange_symbol_and_data_type(bitmex):
 # the recording through a real Bytewax dataflow
 
 
+@DECODERS
 @pytest.mark.parametrize("replay", [False, True], ids=["live", "replay"])
-def test_bitmex_recording_gives_every_row_exactly_once(bitmex, no_env_url, replay):
+def test_bitmex_recording_gives_every_row_exactly_once(bitmex, no_env_url, replay, decoder):
     extra = {"replay_from": "2021-07-22T22:36:10Z", "replay_to": "2021-07-22T22:37:00Z"} if (
         replay) else {}
     with TardisMachineServer(bitmex) as server:
-        source = source_for(server, max_batch_rows=200, **extra)
+        source = source_for(server, max_batch_rows=200, decoder=decoder, **extra)
         items = run_flow(source)
         assert [c.path for c in server.connections] == [
             "/ws-replay-normalized" if replay else "/ws-stream-normalized"]
@@ -340,13 +345,14 @@ def last_ts_before(messages: list[Recorded], end: int) -> int:
     return max(last.values())
 
 
+@DECODERS
 @pytest.mark.parametrize("drop_code", [None, 1011], ids=["tcp-drop", "close-1011"])
 def test_dropped_connection_gives_gap_and_reconnect_without_loss_or_duplicates(
-        bitmex, no_env_url, drop_code):
+        bitmex, no_env_url, drop_code, decoder):
     k, lost = 400, 25
     with TardisMachineServer(bitmex, scripts=[Script(drop_after=k, drop_code=drop_code)],
                              lost_on_drop=lost) as server:
-        source = source_for(server)
+        source = source_for(server, decoder=decoder)
         items = run_flow(source)
         first, second = server.connections
     assert len(first.sent) == k and second.sent[0] == k + lost
@@ -450,7 +456,9 @@ def test_quiet_symbol_is_not_a_dead_socket(no_env_url):
     assert stats.message_age("bitmex:SOLUSD", now) is None
 
 
-def test_garbage_frames_are_quarantined_counted_and_the_stream_continues(bitmex, no_env_url):
+@DECODERS
+def test_garbage_frames_are_quarantined_counted_and_the_stream_continues(bitmex, no_env_url,
+                                                                        decoder):
     trade = next(orjson.loads(m.data) for m in bitmex if m.type == "trade")
     garbage: dict[int, str | bytes] = {
         5: "this is not json",
@@ -461,7 +469,7 @@ def test_garbage_frames_are_quarantined_counted_and_the_stream_continues(bitmex,
         30: orjson.dumps({**trade, "price": "32180.5"}).decode(),
     }
     with TardisMachineServer(bitmex, scripts=[Script(garbage=garbage)]) as server:
-        source = source_for(server)
+        source = source_for(server, decoder=decoder)
         items = run_flow(source)
         assert server.connections[0].garbage_sent == 6
     assert emitted_rows(items) == expected_rows(bitmex)  # every real message still delivered
@@ -556,17 +564,21 @@ def collect_until(part: Any, n_items: int) -> list[Any]:
     return items
 
 
-def test_replay_restart_from_snapshot_gives_every_row_exactly_once(bitmex, no_env_url):
+@DECODERS
+def test_replay_restart_from_snapshot_gives_every_row_exactly_once(bitmex, no_env_url,
+                                                                  decoder):
     replay = {"replay_from": "2021-07-22T22:36:10Z", "replay_to": "2021-07-22T22:37:00Z"}
     with TardisMachineServer(bitmex, pace=20_000) as server:
         # long delay, small max rows: some groups are always pending at snapshot time
-        source = source_for(server, max_batch_rows=300, max_batch_delay="1h", **replay)
+        source = source_for(server, max_batch_rows=300, max_batch_delay="1h",
+                            decoder=decoder, **replay)
         part = source.build_part("inp", "tardis-machine", None)
         first = collect_until(part, 8)
         state = pickle.loads(pickle.dumps(part.snapshot()))
         part.close()
         assert len(pickle.dumps(state)) < 2000
-        resumed = source_for(server, max_batch_rows=300, max_batch_delay="1h", **replay)
+        resumed = source_for(server, max_batch_rows=300, max_batch_delay="1h",
+                             decoder=decoder, **replay)
         part2 = resumed.build_part("inp", "tardis-machine", state)
         rest = [i for b in poll(part2) for i in b]
         assert server.connections[1].options[0]["from"] == "2021-07-22T22:36:00.000Z"
@@ -574,12 +586,13 @@ def test_replay_restart_from_snapshot_gives_every_row_exactly_once(bitmex, no_en
     assert resumed.stats.duplicates_skipped > 0
 
 
-def test_live_restart_from_snapshot_opens_a_restart_gap(bitmex, no_env_url):
+@DECODERS
+def test_live_restart_from_snapshot_opens_a_restart_gap(bitmex, no_env_url, decoder):
     k = 200
     # the first connection gets k messages, then the feed stalls while the process "crashes"
     with TardisMachineServer(bitmex, scripts=[Script(stall_after=k, stall_seconds=30)]
                              ) as server:
-        source = source_for(server, max_batch_delay="0s")
+        source = source_for(server, max_batch_delay="0s", decoder=decoder)
         part = source.build_part("inp", "tardis-machine", None)
         first: list[Any] = []
         for batch in poll(part):
@@ -588,7 +601,7 @@ def test_live_restart_from_snapshot_opens_a_restart_gap(bitmex, no_env_url):
                 break
         state = pickle.loads(pickle.dumps(part.snapshot()))
         part.close()
-        resumed = source_for(server)
+        resumed = source_for(server, decoder=decoder)
         rest = [i for b in poll(resumed.build_part("inp", "tardis-machine", state)) for i in b]
         assert server.connections[1].sent[0] == k
     assert emitted_rows(first) == expected_rows(bitmex[:k])
@@ -598,3 +611,24 @@ def test_live_restart_from_snapshot_opens_a_restart_gap(bitmex, no_env_url):
     assert gap.start_us == last_ts_before(bitmex, k)
     assert gap.end_us == parse_iso_us(orjson.loads(bitmex[k].data)["timestamp"])
     assert sum(isinstance(i, Gap) for i in rest) == 1
+
+
+def test_a_killed_decoder_process_stops_the_source_with_a_clear_error(bitmex, no_env_url):
+    import os
+    import signal
+
+    with TardisMachineServer(bitmex, scripts=[Script(stall_after=100, stall_seconds=30)]
+                             ) as server:
+        part = source_for(server, decoder="process").build_part("inp", "tardis-machine", None)
+        try:
+            got = collect_until(part, 1)
+            assert got and all(isinstance(i, TickBatch) for i in got)
+            proc = part._decoder._proc
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(5)
+            with pytest.raises(RuntimeError, match=r"decoder process exited unexpectedly "
+                                                   r"\(exit code -9\)"):
+                for _ in poll(part):
+                    pass
+        finally:
+            part.close()
