@@ -227,10 +227,11 @@ class _StreamPartition(StatefulSourcePartition[SourceItem, FilePosition]):
             self._pass_turn()
             self._next_line = prepared.next_line  # only what was emitted counts
             self._status.message()
-            for data_type, n in prepared.rejected:
-                metrics.REJECTED.inc(n, data_type=data_type)
+            data_type = self._files[self._index].data_type
+            if prepared.rejected:
+                metrics.REJECTED.inc(prepared.rejected, data_type=data_type)
             if prepared.rows:
-                metrics.ROWS_IN.inc(prepared.rows, data_type=self._files[self._index].data_type)
+                metrics.ROWS_IN.inc(prepared.rows, data_type=data_type)
             for item in prepared.items:
                 if isinstance(item, TickBatch):
                     IN_FLIGHT.track(item)
@@ -290,7 +291,7 @@ class _Prepared:
     items: list[SourceItem]
     next_line: int
     rows: int
-    rejected: list[tuple[str, int]]
+    rejected: int  # rows quarantined as dead letters (of the file's data type)
 
 
 def _prepare(f: TardisFile, next_line: int, parsed: ParsedChunk) -> _Prepared:
@@ -315,9 +316,7 @@ def _prepare(f: TardisFile, next_line: int, parsed: ParsedChunk) -> _Prepared:
             table = table.filter(pa.array(~mask))
             lines = lines[~mask]
     items: list[SourceItem] = []
-    rejected: list[tuple[str, int]] = []
     if rej_reasons:
-        rejected.append((f.data_type, len(rej_reasons)))
         items.append(dead_letters("rejected", f.path, rej_lines, f.exchange, f.symbol,
                                   f.data_type, rej_reasons, rej_raw))
     if table.num_rows:
@@ -327,7 +326,7 @@ def _prepare(f: TardisFile, next_line: int, parsed: ParsedChunk) -> _Prepared:
             batch = part.combine_chunks().to_batches()[0]
             items.append(TickBatch(f.exchange, symbol, f.data_type, batch, f.path,
                                    pa.array(part_lines, pa.int64())))
-    return _Prepared(items, next_line, table.num_rows, rejected)
+    return _Prepared(items, next_line, table.num_rows, len(rej_reasons))
 
 
 def poll(part: StatefulSourcePartition[SourceItem, FilePosition]
