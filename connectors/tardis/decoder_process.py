@@ -28,9 +28,12 @@ import os
 import time
 from dataclasses import fields
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dataflows.config import TardisMachineSource as TardisMachineSettings
+
+if TYPE_CHECKING:
+    from connectors.tardis.websocket import Polled
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +111,7 @@ class ProcessDecoder:
             raise RuntimeError(f"tardis-machine decoder process for {name} exited at start "
                                f"(exit code {code}); see its error above") from None
 
-    @property
-    def idle(self) -> bool:
-        return not self._pipe.poll()
-
-    def poll(self) -> Any:
+    def poll(self) -> Polled:
         from connectors.tardis.websocket import Polled
 
         # The clock first: it covers only items already in the pipe, drained below.

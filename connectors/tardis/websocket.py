@@ -56,7 +56,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import orjson
@@ -1040,6 +1040,15 @@ class Polled:
     crashed: str | None = None
 
 
+class Decoder(Protocol):
+    """What a partition reads its items from: `LocalDecoder`, or the decoder process's
+    `ProcessDecoder` (connectors.tardis.decoder_process)."""
+
+    def poll(self) -> Polled: ...
+    def snapshot(self) -> dict[str, Any]: ...
+    def close(self) -> None: ...
+
+
 class LocalDecoder:
     """Receives (connection thread) and decodes (caller's thread) one partition's frames.
 
@@ -1129,7 +1138,7 @@ class _TardisMachinePartition(StatefulSourcePartition[LiveItem, dict[str, Any]])
 
         self._status = source_status(f"tardis-machine:{name}", live=not self._replay)
         self._clock_name = f"tardis-machine:{name}:{id(self)}"
-        self._decoder: LocalDecoder | Any
+        self._decoder: Decoder
         if settings.decoder == "process":
             from connectors.tardis.decoder_process import ProcessDecoder
 
