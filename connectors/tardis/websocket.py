@@ -10,7 +10,9 @@ Bytewax's `next_batch` drains that deque for at most a few milliseconds, decodes
 orjson, groups messages per (exchange, symbol, data type) and turns each group into an Arrow
 batch (connectors.tardis.normalized) once it holds `max_batch_rows` rows or its oldest message
 waited `max_batch_delay`. So `next_batch` never waits on the network, and everything stateful
-(positions, gaps, dead letters) happens in one thread, in frame order.
+(positions, gaps, dead letters) happens in one thread, in frame order. That receiving and
+decoding is `LocalDecoder`; with `decoder: process` it runs in a child process instead
+(connectors.tardis.decoder_process) and the partition only takes what it emitted.
 
 Items emitted: `TickBatch` (one exchange, symbol and data type), `Gap` and `DeadLetters`.
 
