@@ -90,6 +90,16 @@ def integer_ids(ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(pc.cast(ids.filter(pa.array(ok)), pa.int64())), ok
 
 
+def _id_gap_reason(first: int, missing: int) -> str:
+    if missing == 1:
+        return f"trade_id_gap: 1 missing id ({first})"
+    return f"trade_id_gap: {missing} missing ids ({first}..{first + missing - 1})"
+
+
+def _silence_reason(silence_us: int, data_type: str) -> str:
+    return f"time_gap: {silence_us / 1e6:.1f} s without {data_type}"
+
+
 class TradeIdGapDetector:
     """Trade-id gaps of one (exchange, symbol): ids must be contiguous integers."""
 
@@ -120,9 +130,7 @@ class TradeIdGapDetector:
         if not len(k):
             return DetectedGaps.empty()
         first, n = top[k] + 1, missing[k]
-        reasons = [f"trade_id_gap: 1 missing id ({a})" if c == 1 else
-                   f"trade_id_gap: {c} missing ids ({a}..{a + c - 1})"
-                   for a, c in zip(first.tolist(), n.tolist(), strict=True)]
+        reasons = [_id_gap_reason(a, c) for a, c in zip(first.tolist(), n.tolist(), strict=True)]
         start = ts[k]
         return DetectedGaps(start, np.maximum(ts[k + 1], start), reasons)
 
@@ -146,8 +154,7 @@ class TradeIdGapDetector:
                 missing = v - top - 1
                 if missing >= self.min_missing:
                     a = top + 1
-                    reasons.append(f"trade_id_gap: 1 missing id ({a})" if missing == 1 else
-                                   f"trade_id_gap: {missing} missing ids ({a}..{a + missing - 1})")
+                    reasons.append(_id_gap_reason(a, missing))
                     starts.append(last_ts)
                     ends.append(max(t, last_ts))
                 if v > top:
@@ -191,8 +198,7 @@ class SilenceDetector:
         k = np.flatnonzero(silence > self.max_silence_us)
         if not len(k):
             return DetectedGaps.empty()
-        reasons = [f"time_gap: {s / 1e6:.1f} s without {self.data_type}"
-                   for s in silence[k].tolist()]
+        reasons = [_silence_reason(s, self.data_type) for s in silence[k].tolist()]
         return DetectedGaps(top[k], ts[k + 1], reasons)
 
 
@@ -208,7 +214,7 @@ class SilenceDetector:
                 continue
             silence = t - latest
             if silence > self.max_silence_us:
-                reasons.append(f"time_gap: {silence / 1e6:.1f} s without {self.data_type}")
+                reasons.append(_silence_reason(silence, self.data_type))
                 starts.append(latest)
                 ends.append(t)
             if t > latest:
