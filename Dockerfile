@@ -33,9 +33,12 @@ RUN apt-get update \
     && groupadd --gid 10001 app \
     && useradd --uid 10001 --gid app --no-create-home --home-dir /app --shell /usr/sbin/nologin app
 COPY --from=build /venv /venv
+# NUMBA_CACHE_DIR: the compiled kernels' cache (features.jit) must be writable; the pods'
+# root filesystem is read-only and /tmp an emptyDir, so each pod compiles once at start.
 ENV PATH=/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    NUMBA_CACHE_DIR=/tmp/numba-cache
 WORKDIR /app
 # The embedded default run (no STREAMING_CONFIG): ./streaming.yaml replays the bundled sample
 # (paths relative to the file) into ./output.

@@ -1,10 +1,10 @@
-"""`HFTFeatureCalculator`: the per-timeframe candle features, one vectorised kernel for both
-the batch path (`compute_batch`, Arrow in and out) and the live path (`compute_incremental`, one
-closed candle as a dict).
+"""`HFTFeatureCalculator`: the per-timeframe candle features, one compiled kernel
+(`features.kernel`) for both the batch path (`compute_batch`, Arrow in and out) and the live
+path (`compute_incremental`, one closed candle as a dict).
 
 State per timeframe is constant-size: the last max(periods) closes, and for each period the
 current EMA and Wilder average gain and loss. Every output value is computed by the same
-sequence of float operations whatever the block boundaries (see `features.stats`), so batch
+sequence of float operations whatever the block boundaries (see `features.kernel`), so batch
 over any chunking, candle-by-candle incremental and one call over the whole series agree
 bit for bit.
 """
@@ -20,13 +20,14 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 from features.columns import feature_columns
-from features.stats import Floats, seeded_recurrence, window_sums
+from features.kernel import feature_block
 
 #: Candle columns the kernel reads, in the order it takes them.
 INPUT_COLUMNS = ("open", "high", "low", "close", "volume", "buy_volume", "sell_volume",
                  "trade_count")
 
 _NAN = float("nan")
+Floats = NDArray[np.float64]
 _F64 = pa.float64()
 
 
@@ -110,14 +111,12 @@ class HFTFeatureCalculator:
         self._max = self.periods[-1]
         n = np.asarray(self.periods, dtype=np.float64)
         alpha = 2.0 / (n + 1.0)
-        # Recurrence rows: K EMAs on closes, K Wilder gains, K Wilder losses.
+        self._periods = np.asarray(self.periods, dtype=np.int64)
+        # Recurrence series: K EMAs on closes, K Wilder gains, K Wilder losses.
         self._b = np.concatenate([alpha, 1.0 / n, 1.0 / n])
         self._c = np.concatenate([1.0 - alpha, (n - 1.0) / n, (n - 1.0) / n])
-        self._src = np.repeat(np.arange(3, dtype=np.intp), len(self.periods))
-        # Per-candle ratios, gathered from rows of the (8, m) input: numerators buy, volume,
-        # high; subtrahends sell, low (from the 1st and 3rd); denominators volume, trades, close.
-        self._gather = np.array([5, 4, 1, 6, 2, 4, 7, 3], dtype=np.intp)
-        self._n = n[:, None, None]
+        self._no_seed = (np.full(3 * len(self.periods), _NAN),
+                         np.full(3 * len(self.periods), -1, dtype=np.int64))
         self._fields = [pa.field(name, _F64) for name in self.columns]
         self._states: dict[str, _State] = {}
         self._layout_cache: tuple[pa.Schema, pa.Schema, tuple[str, ...]] | None = None
@@ -208,75 +207,40 @@ class HFTFeatureCalculator:
             raise ValueError(f"candle {i}: close must be > 0, got {float(close[i])}")
         big_p, k, m = self._max, len(self.periods), close.size
         known = st.closes.size
-        # Rows over history + block (NaN where the history is unknown): close, log return,
-        # squared log return. Column big_p + i is the block's i-th candle.
-        x = np.empty((3, big_p + m))
-        x[0, :big_p - known] = _NAN
-        x[0, big_p - known:big_p] = st.closes
-        x[0, big_p:] = close
-        x[1:, 0] = _NAN
-        c, ret = x[0], x[1, 1:]
-        np.divide(c[1:], c[:-1], out=ret)
+        x = np.empty(big_p + m)  # closes: history (NaN where unknown), then the block's
+        x[:big_p - known] = _NAN
+        x[big_p - known:big_p] = st.closes
+        x[big_p:] = close
+        ret = np.divide(x[1:], x[:-1])
         np.log(ret, out=ret)
-        np.square(x[1], out=x[2])
-        means = window_sums(x, big_p, self.periods)  # (K, 3, m) sums, then means
-        means /= self._n
-        out = np.empty((4 + 4 * k, m))
-        out[4:4 + k] = means[:, 0]
-        vol = out[4 + 3 * k:]
-        np.square(means[:, 1], out=vol)
-        np.subtract(means[:, 2], vol, out=vol)
-        np.maximum(vol, 0.0, out=vol)
-        np.sqrt(vol, out=vol)
-
-        # Recurrences over the block's close, gain, loss: K EMAs, K Wilder gains, K losses.
-        u = np.empty((3, m))
-        u[0] = close
-        d = c[big_p:] - c[big_p - 1:-1]
-        np.maximum(d, 0.0, out=u[1])
-        np.subtract(u[1], d, out=u[2])  # max(-d, 0), exactly
         if st.seeded:
-            rec = seeded_recurrence(u, self._src, self._b, self._c, st.rec)
+            seed, seed_at = self._no_seed
         else:
-            seed, seed_at = self._seeds(c, means[:, 0], known, m)
-            rec = seeded_recurrence(u, self._src, self._b, self._c, st.rec, seed, seed_at)
-        out[4 + k:4 + 2 * k] = rec[:k]
-        gain = rec[k:2 * k]
-        total = gain + rec[2 * k:]
-        # RSI = 100 * g / (g + l), and 0 when both are 0 (TA-Lib's rule): 0 / (0 + 1).
-        rsi = out[4 + 2 * k:4 + 3 * k]
-        np.add(total, total == 0.0, out=total)
-        np.divide(gain, total, out=rsi)
-        rsi *= 100.0
-
-        # Per candle: log return; (buy - sell) / volume, volume / trades, (high - low) / close,
-        # each null where its denominator is 0.
-        out[0] = x[1, big_p:]
-        g = v[self._gather]
-        num, den = g[0:3], g[5:8]
-        num[0::2] -= g[3:5]
-        np.copyto(den, _NAN, where=den == 0.0)
-        np.divide(num, den, out=out[1:4])
-
-        st.closes = c[-min(big_p, known + m):].copy()
-        st.rec = rec[:, -1].copy()
+            seed, seed_at = self._seeds(x, known, m)
+        out = np.empty((4 + 4 * k, m))
+        rec = st.rec.copy()  # advanced in place by the kernel
+        feature_block(v, x, ret, rec, self._periods, self._b, self._c, seed, seed_at, out)
+        st.rec = rec
+        keep = min(big_p, known + m)
+        st.closes = (close[m - keep:].copy() if keep <= m
+                     else np.concatenate((st.closes[known + m - keep:], close)))
         if not st.seeded:
-            st.seeded = not bool(np.isnan(st.rec).any())
+            st.seeded = not bool(np.isnan(rec).any())
         return out
 
-    def _seeds(self, c: Floats, sma: Floats, known: int,
-               m: int) -> tuple[Floats, NDArray[np.intp]]:
-        """Seed values and their block positions for a warm-up block: the EMA's is the SMA at
-        the N-th close, Wilder's the mean of the first N gains / losses (exact `math.fsum`) at
-        the (N+1)-th close. `known` closes precede the block, all of them in `c`."""
+    def _seeds(self, c: Floats, known: int, m: int) -> tuple[Floats, NDArray[np.int64]]:
+        """Seeds and their block positions for a warm-up block: the EMA seeds with the SMA at
+        the N-th close (taken by the kernel: seed NaN), Wilder's averages with the mean of the
+        first N gains / losses (exact `math.fsum`) at the (N+1)-th close. `c` holds the
+        max(periods) closes before the block (NaN where unknown) and the block's closes."""
         k = len(self.periods)
         seed = np.full(3 * k, _NAN)
-        seed_at = np.full(3 * k, -1, dtype=np.intp)
+        seed_at = np.full(3 * k, -1, dtype=np.int64)
         offset = self._max - known  # index in c of the first close ever seen
         for j, n in enumerate(self.periods):
             p = n - 1 - known  # block position of the N-th close
             if 0 <= p < m:
-                seed[j], seed_at[j] = sma[j, p], p
+                seed_at[j] = p
             p += 1  # block position of the (N+1)-th close
             if 0 <= p < m:
                 d = np.diff(c[offset:offset + n + 1]).tolist()

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SIDE_UNKNOWN, SIDE_BUY, SIDE_SELL = 0, 1, 2
+from operators.candles import kernels
+from operators.candles.kernels import sorted_bars
+
+SIDE_UNKNOWN, SIDE_BUY, SIDE_SELL = kernels.SIDE_UNKNOWN, kernels.SIDE_BUY, kernels.SIDE_SELL
 # Below every arrival index (arrival indices count a key's trades from 0).
 _NO_ARRIVAL = -1
 
@@ -169,3 +172,18 @@ def combine(p: Partials) -> Partials:
         first_idx=first,
         close_idx=last_arrival,
     )
+
+def bars_of_sorted(ts: np.ndarray, local_ts: np.ndarray, price: np.ndarray,
+                   amount: np.ndarray, side: np.ndarray, tf: int, first_arrival: int
+                   ) -> Partials:
+    """`combine(Partials.from_trades(...))` for trades in exchange-time order (not
+    decreasing, arrival indices from `first_arrival` on) of one timeframe `tf`, in one
+    compiled pass: each bar opens with its first trade and closes with its last, which is
+    what `combine` picks for such trades; sums are added in trade order."""
+    if not len(ts):
+        return Partials.empty()
+    i8, f8 = np.int64, np.float64
+    return Partials(*sorted_bars(
+        np.ascontiguousarray(ts, i8), np.ascontiguousarray(local_ts, i8),
+        np.ascontiguousarray(price, f8), np.ascontiguousarray(amount, f8),
+        np.ascontiguousarray(side, np.int8), int(tf), int(first_arrival)))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators.candles.bars import Partials, combine, merge
+from operators.candles.bars import Partials, bars_of_sorted, combine, merge
 
 NEG_INF = -(1 << 62)
 _EMPTY = Partials.empty()  # shared, never written to
@@ -128,19 +128,22 @@ class MultiTimeframeCandles:
         if n == 0:
             return [], []
         lateness = self.policy.allowed_lateness_us
-        running = np.maximum.accumulate(ts)
         in_order = bool(ts[0] >= self.max_ts and ts[0] >= self.closed_until
-                        and running[-1] == ts[-1] and np.all(ts[1:] >= ts[:-1]))
+                        and np.all(ts[1:] >= ts[:-1]))
         if in_order:  # time-ordered input cannot be late: skip the per-trade checks
             closed_at = None
+            latest = int(ts[-1])
         else:
+            running = np.maximum.accumulate(ts)
+            latest = int(running[-1])
             before = np.empty(n, np.int64)
             before[0] = self.max_ts
             np.maximum(running[:-1], self.max_ts, out=before[1:])
             # A trade is late when its candle closed before it arrived.
             closed_at = np.maximum(before - lateness, self.closed_until)
-        arrival = np.arange(self.arrived, self.arrived + n, dtype=np.int64)
+        first_arrival = self.arrived
         self.arrived += n
+        arrival: np.ndarray | None = None
 
         lates: list[LateTrades] = []
         late_masks: list[np.ndarray | None] = []
@@ -165,6 +168,12 @@ class MultiTimeframeCandles:
                 take = parent_late & ~late if late is not None else parent_late
                 if not take.any():
                     continue
+            if take is None and closed_at is None:  # in time order: one compiled pass
+                tfs.open_bars = merge(tfs.open_bars, bars_of_sorted(
+                    ts, local_ts, price, amount, side, tf, first_arrival))
+                continue
+            if arrival is None:
+                arrival = np.arange(first_arrival, first_arrival + n, dtype=np.int64)
             if take is None:
                 fresh = Partials.from_trades(ts - ts % tf, ts, local_ts, price, amount, side,
                                              arrival)
@@ -174,7 +183,7 @@ class MultiTimeframeCandles:
                                              amount[take], side[take], arrival[take])
             tfs.open_bars = merge(tfs.open_bars, combine(fresh))
 
-        self.max_ts = max(self.max_ts, int(running[-1]))
+        self.max_ts = max(self.max_ts, latest)
         threshold = max(self.closed_until, self.max_ts - lateness)
         return self._close_until(threshold, threshold), lates
 

@@ -1,0 +1,34 @@
+"""Compilation of the project's numba kernels (the features kernel and the candle step's loops).
+
+`compiled(signature)` compiles a function for one explicit signature when its module is
+imported, with the GIL released while it runs. The machine code is cached on disk (next to
+the source, or under NUMBA_CACHE_DIR), so later processes load it in milliseconds. Where no
+cache location is writable (a read-only image without NUMBA_CACHE_DIR), numba would refuse to
+cache and raise; the kernel is then compiled without a cache, once per process, and a warning
+says how to keep it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from numba import njit
+
+log = logging.getLogger(__name__)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def compiled(signature: Any) -> Callable[[_F], _F]:
+    """Decorator: `fn` compiled by numba for `signature` (eagerly, cached when possible)."""
+
+    def wrap(fn: _F) -> _F:
+        try:
+            return njit(signature, cache=True, nogil=True)(fn)  # type: ignore[no-any-return]
+        except RuntimeError as e:  # "cannot cache function ...: no locator available"
+            log.warning("compiling %s without a disk cache (%s); set NUMBA_CACHE_DIR to a "
+                        "writable directory to keep the compiled code", fn.__qualname__, e)
+            return njit(signature, nogil=True)(fn)  # type: ignore[no-any-return]
+
+    return wrap
