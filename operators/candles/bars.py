@@ -15,11 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators.candles import kernels
-from operators.candles.kernels import sorted_bars
+from operators.candles.kernels import combine_sorted, sorted_bars
 
 SIDE_UNKNOWN, SIDE_BUY, SIDE_SELL = kernels.SIDE_UNKNOWN, kernels.SIDE_BUY, kernels.SIDE_SELL
-# Below every arrival index (arrival indices count a key's trades from 0).
-_NO_ARRIVAL = -1
 
 
 @dataclass(slots=True)
@@ -130,48 +128,19 @@ def _merge_one(o: Partials, i: int, f: Partials, j: int) -> Partials:
 
 
 def combine(p: Partials) -> Partials:
-    """Combine partial bars with the same start into one bar each, sorted by start."""
+    """Combine partial bars with the same start into one bar each, sorted by start (one
+    compiled pass, `kernels.combine_sorted`, after a stable sort when needed)."""
     n = len(p)
     if n <= 1:
         return p
     start = p.start
     if np.any(start[1:] < start[:-1]):
         p = p.take(np.argsort(start, kind="stable"))
-        start = p.start
-    change = np.flatnonzero(start[1:] != start[:-1]) + 1
-    if len(change) == n - 1:  # every start distinct: nothing to combine
+    elif not np.any(start[1:] == start[:-1]):  # every start distinct: nothing to combine
         return p
-    heads = np.concatenate(([0], change))
-    group = np.repeat(np.arange(len(heads)), np.diff(np.append(heads, n)))
-    pos = np.arange(n)
+    return Partials(*combine_sorted(*(np.ascontiguousarray(getattr(p, f), _DTYPES[f])
+                                      for f in _FIELDS)))
 
-    # open: the member whose opening trade arrived first (arrival indices are unique)
-    first = np.minimum.reduceat(p.first_idx, heads)
-    open_pos = np.maximum.reduceat(np.where(p.first_idx == first[group], pos, -1), heads)
-    # close: latest exchange time; among equal times the last to arrive
-    max_ts = np.maximum.reduceat(p.close_ts, heads)
-    at_max = p.close_ts == max_ts[group]
-    last_arrival = np.maximum.reduceat(np.where(at_max, p.close_idx, _NO_ARRIVAL), heads)
-    close_pos = np.maximum.reduceat(
-        np.where(at_max & (p.close_idx == last_arrival[group]), pos, -1), heads)
-
-    return Partials(
-        start=start[heads],
-        open=p.open[open_pos],
-        high=np.maximum.reduceat(p.high, heads),
-        low=np.minimum.reduceat(p.low, heads),
-        close=p.close[close_pos],
-        open_ts=p.open_ts[open_pos],
-        close_ts=max_ts,
-        local_ts=np.maximum.reduceat(p.local_ts, heads),
-        volume=np.add.reduceat(p.volume, heads),
-        buy=np.add.reduceat(p.buy, heads),
-        sell=np.add.reduceat(p.sell, heads),
-        count=np.add.reduceat(p.count, heads),
-        notional=np.add.reduceat(p.notional, heads),
-        first_idx=first,
-        close_idx=last_arrival,
-    )
 
 def bars_of_sorted(ts: np.ndarray, local_ts: np.ndarray, price: np.ndarray,
                    amount: np.ndarray, side: np.ndarray, tf: int, first_arrival: int

@@ -2,7 +2,8 @@
 
 Each replaces a run of numpy calls whose fixed costs dominated a batch: `sorted_bars` builds
 a timeframe's bars from time-ordered trades in one pass (what `bars.combine` computes for
-them), `string_sides` reads trade sides from an Arrow string column's buffers. Each has one
+them), `combine_sorted` combines partial bars with equal starts (`bars.combine`), and
+`string_sides` reads trade sides from an Arrow string column's buffers. Each has one
 explicit signature, so it is compiled (or loaded from numba's cache) when this module is
 imported, never in the middle of a run.
 """
@@ -101,6 +102,93 @@ def sorted_bars(ts: np.ndarray, local_ts: np.ndarray, price: np.ndarray, amount:
         close_idx[j] = first_arrival + i
     return (start, open_, high, low, close, open_ts, close_ts, local, volume, buy, sell, count,
             notional, first_idx, close_idx)
+
+
+def _combine_signature() -> Any:
+    """`combine_sorted`' signature: the 15 bar columns in (read-only), the same 15 out."""
+    from numba import types as t
+
+    def arr(dtype: Any, readonly: bool = False) -> Any:
+        return t.Array(dtype, 1, "C", readonly=readonly)
+
+    i8, f8 = t.int64, t.float64
+    kinds = (i8, f8, f8, f8, f8, i8, i8, i8, f8, f8, f8, i8, f8, i8, i8)
+    return t.Tuple([arr(k) for k in kinds])(*(arr(k, True) for k in kinds))
+
+
+@compiled(_combine_signature())
+def combine_sorted(start: np.ndarray, open_: np.ndarray, high: np.ndarray, low: np.ndarray,
+                   close: np.ndarray, open_ts: np.ndarray, close_ts: np.ndarray,
+                   local_ts: np.ndarray, volume: np.ndarray, buy: np.ndarray, sell: np.ndarray,
+                   count: np.ndarray, notional: np.ndarray, first_idx: np.ndarray,
+                   close_idx: np.ndarray
+                   ) -> tuple:  # pragma: no cover - compiled; tested through bars.combine
+    """Partial bars sorted by start (the 15 columns of bars.Partials) combined into one bar per
+    start: the open of the member whose opening trade arrived first, the close of the member
+    with the latest close time (among equal times, the last to arrive), high / low / latest
+    receive time over the members, sums added in member order."""
+    n = start.shape[0]
+    m = 0
+    for i in range(n):
+        if i == 0 or start[i] != start[i - 1]:
+            m += 1
+    o_start = np.empty(m, np.int64)
+    o_open = np.empty(m)
+    o_high = np.empty(m)
+    o_low = np.empty(m)
+    o_close = np.empty(m)
+    o_open_ts = np.empty(m, np.int64)
+    o_close_ts = np.empty(m, np.int64)
+    o_local = np.empty(m, np.int64)
+    o_volume = np.empty(m)
+    o_buy = np.empty(m)
+    o_sell = np.empty(m)
+    o_count = np.empty(m, np.int64)
+    o_notional = np.empty(m)
+    o_first = np.empty(m, np.int64)
+    o_close_idx = np.empty(m, np.int64)
+    j = -1
+    for i in range(n):
+        if i == 0 or start[i] != start[i - 1]:
+            j += 1
+            o_start[j] = start[i]
+            o_open[j] = open_[i]
+            o_high[j] = high[i]
+            o_low[j] = low[i]
+            o_close[j] = close[i]
+            o_open_ts[j] = open_ts[i]
+            o_close_ts[j] = close_ts[i]
+            o_local[j] = local_ts[i]
+            o_volume[j] = volume[i]
+            o_buy[j] = buy[i]
+            o_sell[j] = sell[i]
+            o_count[j] = count[i]
+            o_notional[j] = notional[i]
+            o_first[j] = first_idx[i]
+            o_close_idx[j] = close_idx[i]
+            continue
+        if first_idx[i] < o_first[j]:
+            o_first[j] = first_idx[i]
+            o_open[j] = open_[i]
+            o_open_ts[j] = open_ts[i]
+        if close_ts[i] > o_close_ts[j] or (close_ts[i] == o_close_ts[j]
+                                           and close_idx[i] > o_close_idx[j]):
+            o_close_ts[j] = close_ts[i]
+            o_close_idx[j] = close_idx[i]
+            o_close[j] = close[i]
+        if high[i] > o_high[j]:
+            o_high[j] = high[i]
+        if low[i] < o_low[j]:
+            o_low[j] = low[i]
+        if local_ts[i] > o_local[j]:
+            o_local[j] = local_ts[i]
+        o_volume[j] += volume[i]
+        o_buy[j] += buy[i]
+        o_sell[j] += sell[i]
+        o_count[j] += count[i]
+        o_notional[j] += notional[i]
+    return (o_start, o_open, o_high, o_low, o_close, o_open_ts, o_close_ts, o_local, o_volume,
+            o_buy, o_sell, o_count, o_notional, o_first, o_close_idx)
 
 
 def _sides_signature() -> Any:

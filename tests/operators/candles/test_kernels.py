@@ -1,5 +1,5 @@
-"""The candle step's compiled loops (operators.candles.kernels), against the numpy code they
-replace: `bars_of_sorted` must build the same bars as `combine(Partials.from_trades(...))`."""
+"""The candle step's compiled loops (operators.candles.kernels): `combine` against a plain
+Python reference of its rules, and `bars_of_sorted` against `combine` of single trades."""
 
 from __future__ import annotations
 
@@ -65,3 +65,55 @@ def test_bars_of_sorted_reads_arrow_buffers_and_slices():
     assert strided.count.tolist() == [1, 1]
     assert len(bars_of_sorted(ts[:0], ts[:0], np.ones(0), np.ones(0), np.zeros(0, np.int8),
                               15 * S, 0)) == 0
+
+
+partial_bars = st.lists(
+    st.tuples(st.integers(0, 6), st.integers(1, 10_000), st.integers(1, 10_000),
+              st.integers(0, 50), st.integers(0, 50), st.integers(1, 1000)),
+    min_size=0, max_size=40,
+)
+
+
+def _reference_combine(rows: list[dict]) -> list[dict]:
+    """One bar per start, by the rules in plain Python: open of the member with the smallest
+    first_idx, close of the member with the largest (close_ts, close_idx)."""
+    out = []
+    for s in sorted({r["start"] for r in rows}):
+        g = [r for r in rows if r["start"] == s]
+        first = min(g, key=lambda r: r["first_idx"])
+        last = max(g, key=lambda r: (r["close_ts"], r["close_idx"]))
+        out.append({"start": s, "open": first["open"], "open_ts": first["open_ts"],
+                    "first_idx": first["first_idx"], "close": last["close"],
+                    "close_ts": last["close_ts"], "close_idx": last["close_idx"],
+                    "high": max(r["high"] for r in g), "low": min(r["low"] for r in g),
+                    "local_ts": max(r["local_ts"] for r in g),
+                    **{k: sum(r[k] for r in g)
+                       for k in ("volume", "buy", "sell", "count", "notional")}})
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(bars=partial_bars)
+def test_combine_follows_the_open_and_close_rules(bars):
+    # distinct arrival indices, as every partial bar's trades have
+    firsts = np.random.default_rng(len(bars)).permutation(len(bars) * 2)
+    rows = [{"start": s * 15 * S, "open": o / 100, "high": max(o, c) / 100 + 1,
+             "low": min(o, c) / 100, "close": c / 100, "open_ts": T0 + ot,
+             "close_ts": T0 + 50 + ct, "local_ts": T0 + ot + ct, "volume": v / 10,
+             "buy": v / 20, "sell": v / 40, "count": v, "notional": v * o / 1000,
+             "first_idx": int(firsts[2 * i]), "close_idx": int(firsts[2 * i + 1])}
+            for i, (s, o, c, ot, ct, v) in enumerate(bars)]
+    fields = Partials.__slots__  # type: ignore[attr-defined]
+    p = Partials(*(np.array([r[f] for r in rows],
+                            np.float64 if isinstance(rows[0][f] if rows else 0.0, float)
+                            else np.int64) for f in fields)) if rows else Partials.empty()
+    got = combine(p)
+    want = _reference_combine(rows)
+    assert len(got) == len(want)
+    for f in fields:
+        values = getattr(got, f).tolist()
+        expected = [w[f] for w in want]
+        if f in _SUMS:
+            np.testing.assert_allclose(values, expected, rtol=1e-13, err_msg=f)
+        else:
+            assert values == expected, f
