@@ -66,6 +66,10 @@ class Partials:
         """The same bars under other starts (arrays are shared, never written in place)."""
         return Partials(start, *(getattr(self, f) for f in _FIELDS[1:]))
 
+    def bar_columns(self) -> tuple[np.ndarray, ...]:
+        """The 13 columns `kernels.fill_grid` reads (start to notional), C-contiguous."""
+        return tuple(np.ascontiguousarray(getattr(self, f), _DTYPES[f]) for f in _FIELDS[:13])
+
     def to_tuple(self) -> tuple[tuple, ...]:
         """A small immutable picklable value (for snapshots)."""
         return tuple(tuple(getattr(self, f).tolist()) for f in _FIELDS)

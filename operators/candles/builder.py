@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators.candles.bars import Partials, bars_of_sorted, combine, merge
+from operators.candles.kernels import fill_grid
 
 NEG_INF = -(1 << 62)
 _EMPTY = Partials.empty()  # shared, never written to
@@ -307,39 +308,16 @@ class MultiTimeframeCandles:
 
     def _emit(self, tfs: _Timeframe, grid: np.ndarray, real: Partials) -> ClosedCandles:
         tf = tfs.tf
-        m = len(grid)
-        src = np.full(m, -1, np.int64)
-        src[np.searchsorted(grid, real.start)] = np.arange(len(real))
-        is_real = src >= 0
-        filled = ~is_real
-        safe = np.maximum(src, 0)
-
-        def pick(arr: np.ndarray, fill: float | int) -> np.ndarray:
-            if not len(real):
-                return np.full(m, fill, dtype=arr.dtype)
-            return np.where(is_real, arr[safe], fill)
-
-        close = pick(real.close, np.nan)
-        open_, high, low = pick(real.open, np.nan), pick(real.high, np.nan), pick(real.low, np.nan)
-        if filled.any():
-            # an empty interval carries the close of the last candle before it
-            last = np.maximum.accumulate(np.where(is_real, np.arange(m), -1))
-            prev = tfs.last_close if tfs.last_close is not None else np.nan
-            carried = np.where(last >= 0, close[np.maximum(last, 0)], prev)[filled]
-            close[filled] = open_[filled] = high[filled] = low[filled] = carried
-        volume = pick(real.volume, 0.0)
-        notional = pick(real.notional, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vwap = np.where(is_real, notional / np.where(volume > 0, volume, np.nan), np.nan)
-        has_gap = np.zeros(m, bool)
+        prev = tfs.last_close if tfs.last_close is not None else np.nan
+        (open_, high, low, close, volume, buy, sell, count, vwap, open_ts, close_ts, local_ts,
+         filled) = fill_grid(np.ascontiguousarray(grid, np.int64), *real.bar_columns(), prev)
+        has_gap = np.zeros(len(grid), bool)
         for g0, g1 in self.gaps:
             has_gap |= (grid <= g1) & (grid + tf > g0)
         out = ClosedCandles(
             timeframe_us=tf, start=grid, open=open_, high=high, low=low, close=close,
-            volume=volume, buy=pick(real.buy, 0.0), sell=pick(real.sell, 0.0),
-            count=pick(real.count, 0), vwap=vwap, open_ts=pick(real.open_ts, 0),
-            close_ts=pick(real.close_ts, 0), local_ts=pick(real.local_ts, 0),
-            is_filled=filled, has_gap=has_gap,
+            volume=volume, buy=buy, sell=sell, count=count, vwap=vwap, open_ts=open_ts,
+            close_ts=close_ts, local_ts=local_ts, is_filled=filled, has_gap=has_gap,
         )
         tfs.last_end = int(grid[-1]) + tf
         tfs.last_close = float(close[-1])

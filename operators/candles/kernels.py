@@ -2,8 +2,10 @@
 
 Each replaces a run of numpy calls whose fixed costs dominated a batch: `sorted_bars` builds
 a timeframe's bars from time-ordered trades in one pass (what `bars.combine` computes for
-them), `combine_sorted` combines partial bars with equal starts (`bars.combine`), and
-`string_sides` reads trade sides from an Arrow string column's buffers. Each has one
+them), `combine_sorted` combines partial bars with equal starts (`bars.combine`),
+`fill_grid` lays closed bars on their interval grid with the empty intervals filled,
+`prefixed_decimals` writes the candles' row keys, and `string_sides` reads trade sides from
+an Arrow string column's buffers. Each has one
 explicit signature, so it is compiled (or loaded from numba's cache) when this module is
 imported, never in the middle of a run.
 """
@@ -189,6 +191,112 @@ def combine_sorted(start: np.ndarray, open_: np.ndarray, high: np.ndarray, low: 
         o_notional[j] += notional[i]
     return (o_start, o_open, o_high, o_low, o_close, o_open_ts, o_close_ts, o_local, o_volume,
             o_buy, o_sell, o_count, o_notional, o_first, o_close_idx)
+
+
+def _grid_signature() -> Any:
+    """`fill_grid`' signature: the grid and 13 bar columns in, 13 candle columns out."""
+    from numba import types as t
+
+    def arr(dtype: Any, readonly: bool = False) -> Any:
+        return t.Array(dtype, 1, "C", readonly=readonly)
+
+    i8, f8 = t.int64, t.float64
+    bars = (i8, f8, f8, f8, f8, i8, i8, i8, f8, f8, f8, i8, f8)
+    out = (f8, f8, f8, f8, f8, f8, f8, i8, f8, i8, i8, i8, t.boolean)
+    return t.Tuple([arr(k) for k in out])(arr(i8, True), *(arr(k, True) for k in bars), f8)
+
+
+@compiled(_grid_signature())
+def fill_grid(grid: np.ndarray, start: np.ndarray, open_: np.ndarray, high: np.ndarray,
+              low: np.ndarray, close: np.ndarray, open_ts: np.ndarray, close_ts: np.ndarray,
+              local_ts: np.ndarray, volume: np.ndarray, buy: np.ndarray, sell: np.ndarray,
+              count: np.ndarray, notional: np.ndarray, prev_close: float
+              ) -> tuple:  # pragma: no cover - compiled; tested through the builder
+    """Candles on `grid` (interval starts, ascending) from the bars whose starts are among
+    them: a bar's values where it has one; elsewhere a filled candle, open = high = low =
+    close = the close before it (`prev_close` before the first bar), volume 0, times 0.
+    Returns open, high, low, close, volume, buy, sell, count, vwap (NaN when filled or
+    without volume), open_ts, close_ts, local_ts, is_filled."""
+    m = grid.shape[0]
+    o_open = np.empty(m)
+    o_high = np.empty(m)
+    o_low = np.empty(m)
+    o_close = np.empty(m)
+    o_volume = np.zeros(m)
+    o_buy = np.zeros(m)
+    o_sell = np.zeros(m)
+    o_count = np.zeros(m, np.int64)
+    o_vwap = np.full(m, np.nan)
+    o_open_ts = np.zeros(m, np.int64)
+    o_close_ts = np.zeros(m, np.int64)
+    o_local = np.zeros(m, np.int64)
+    o_filled = np.ones(m, np.bool_)
+    last = prev_close
+    r = 0
+    n = start.shape[0]
+    for g in range(m):
+        if r < n and start[r] == grid[g]:
+            o_open[g] = open_[r]
+            o_high[g] = high[r]
+            o_low[g] = low[r]
+            o_close[g] = close[r]
+            o_volume[g] = volume[r]
+            o_buy[g] = buy[r]
+            o_sell[g] = sell[r]
+            o_count[g] = count[r]
+            if volume[r] > 0.0:
+                o_vwap[g] = notional[r] / volume[r]
+            o_open_ts[g] = open_ts[r]
+            o_close_ts[g] = close_ts[r]
+            o_local[g] = local_ts[r]
+            o_filled[g] = False
+            last = close[r]
+            r += 1
+        else:
+            o_open[g] = o_high[g] = o_low[g] = o_close[g] = last
+    return (o_open, o_high, o_low, o_close, o_volume, o_buy, o_sell, o_count, o_vwap,
+            o_open_ts, o_close_ts, o_local, o_filled)
+
+
+def _keys_signature() -> Any:
+    """`prefixed_decimals`' signature: prefix bytes and int64 values in; int32 offsets and
+    bytes of an Arrow string column out."""
+    from numba import types as t
+
+    def arr(dtype: Any, readonly: bool = False) -> Any:
+        return t.Array(dtype, 1, "C", readonly=readonly)
+
+    return t.Tuple([arr(t.int32), arr(t.uint8)])(arr(t.uint8, True), arr(t.int64, True))
+
+
+@compiled(_keys_signature())
+def prefixed_decimals(head: np.ndarray, values: np.ndarray
+                      ) -> tuple:  # pragma: no cover - compiled; tested through step._row_keys
+    """The strings head + decimal(value) for non-negative values, as Arrow string buffers."""
+    n = values.shape[0]
+    offsets = np.empty(n + 1, np.int32)
+    offsets[0] = 0
+    for i in range(n):
+        v = values[i]
+        digits = 1
+        while v >= 10:
+            v //= 10
+            digits += 1
+        offsets[i + 1] = offsets[i] + head.shape[0] + digits
+    data = np.empty(offsets[n], np.uint8)
+    for i in range(n):
+        at = offsets[i]
+        for k in range(head.shape[0]):
+            data[at + k] = head[k]
+        v = values[i]
+        pos = offsets[i + 1] - 1
+        while True:
+            data[pos] = 48 + v % 10
+            v //= 10
+            pos -= 1
+            if v == 0:
+                break
+    return offsets, data
 
 
 def _sides_signature() -> Any:

@@ -25,7 +25,7 @@ from operators.candles.builder import (
     LateTrades,
     MultiTimeframeCandles,
 )
-from operators.candles.kernels import string_sides
+from operators.candles.kernels import prefixed_decimals, string_sides
 from operators.candles.schema import CANDLE_SCHEMA, TS
 from operators.clock import live_clock_us
 from operators.messages import CandleBatch, DeadLetters, Gap, TickBatch, dead_letters
@@ -101,21 +101,14 @@ def _ts(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
     return pa.array(values, type=pa.int64(), mask=null).view(TS)
 
 
-_POW10 = 10 ** np.arange(15, -1, -1, dtype=np.int64)
-
-
 def _row_keys(prefix: str, values: np.ndarray, arr: pa.Array,
               const: Callable[[str, int], pa.Array]) -> pa.Array:
-    """prefix + decimal start for every candle. Starts of 16 digits (every timestamp from
-    2001-09-09 to 2286) are written straight into the string buffers; others are cast."""
+    """prefix + decimal start for every candle: written straight into the string buffers
+    (`kernels.prefixed_decimals`) for starts at or after 1970; earlier ones are cast."""
     n = len(values)
-    if n and int(values.min()) >= 10**15 and int(values.max()) < 10**16:
-        head = np.frombuffer(prefix.encode(), np.uint8)
-        width = len(head) + 16
-        data = np.empty((n, width), np.uint8)
-        data[:, :len(head)] = head
-        data[:, len(head):] = (values[:, None] // _POW10) % 10 + 48
-        offsets = np.arange(0, (n + 1) * width, width, dtype=np.int32)
+    if n and int(values.min()) >= 0:
+        offsets, data = prefixed_decimals(np.frombuffer(prefix.encode(), np.uint8),
+                                          np.ascontiguousarray(values, np.int64))
         return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
     return pc.binary_join_element_wise(const(prefix, n), pc.cast(arr, pa.string()), "")
 

@@ -65,6 +65,16 @@ def test_candles_to_batch_row_keys_and_timestamps():
 def test_row_keys_of_starts_outside_sixteen_digits():
     from operators.candles.step import _row_keys
 
-    values = np.array([999_999_999_999_999, 10**16], np.int64)
+    values = np.array([999_999_999_999_999, 10**16, 0, 7], np.int64)
     keys = _row_keys("x|", values, pa.array(values), _Repeated())
-    assert keys.to_pylist() == ["x|999999999999999", "x|10000000000000000"]
+    assert keys.to_pylist() == ["x|999999999999999", "x|10000000000000000", "x|0", "x|7"]
+
+
+@given(st.lists(st.integers(-(10**17), 2**63 - 1), max_size=30),
+       st.text(max_size=12))
+def test_row_keys_are_the_prefix_and_the_decimal_start(values, prefix):
+    from operators.candles.step import _row_keys
+
+    arr = np.array(values, np.int64)
+    keys = _row_keys(prefix, arr, pa.array(arr), _Repeated())  # negative: the cast path
+    assert keys.to_pylist() == [f"{prefix}{v}" for v in values]
