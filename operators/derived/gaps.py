@@ -17,8 +17,9 @@ ticks_gaps table gets one row each, see operators.derived.rows):
   messages, restarts) pass through unchanged. A disconnect and the silence it causes may
   both be reported, under their own reasons.
 
-Detection is vectorised per batch (running maxima and differences); per key the state is the
-largest trade id, the timestamp of the last trade, and the latest timestamp per data type.
+Detection is one compiled pass per batch (operators.derived.kernels; a few rows go row by row
+in plain Python); per key the state is the largest trade id, the timestamp of the last trade,
+and the latest timestamp per data type.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from bytewax.operators import StatefulBatchLogic
 from connectors.tardis.datatypes import route_of
 from dataflows.config import DerivedConfig
 from operators.derived.common import DERIVED_ROWS, int_column
-from operators.derived.kernels import decimal_ids
+from operators.derived.kernels import decimal_ids, id_gaps, silences
 from operators.messages import Gap, TickBatch
 
 GapIn = TickBatch | Gap
@@ -117,21 +118,17 @@ class TradeIdGapDetector:
         values, ok = integer_ids(ids)
         if not len(values):
             return DetectedGaps.empty()
-        ts = np.asarray(ts, np.int64)[ok]
-        if self._state is not None:
-            values = np.concatenate(([self._state[0]], values))
-            ts = np.concatenate(([self._state[1]], ts))
-        top = np.maximum.accumulate(values)
-        self._state = (int(top[-1]), int(ts[-1]))
-        missing = values[1:] - top[:-1] - 1
-        k = np.flatnonzero(missing >= self.min_missing)
-        if not len(k):
+        ts = np.ascontiguousarray(ts, np.int64)
+        if len(values) < len(ts):
+            ts = ts[ok]
+        top, last_ts = self._state if self._state is not None else (0, 0)
+        top, last_ts, _, start, end, first, n = id_gaps(
+            values, ts, top, last_ts, self._state is not None, self.min_missing)
+        self._state = (int(top), int(last_ts))
+        if not len(start):
             return DetectedGaps.empty()
-        first, n = top[k] + 1, missing[k]
         reasons = [_id_gap_reason(a, c) for a, c in zip(first.tolist(), n.tolist(), strict=True)]
-        start = ts[k]
-        return DetectedGaps(start, np.maximum(ts[k + 1], start), reasons)
-
+        return DetectedGaps(start, end, reasons)
 
     def _add_rows(self, ts: list[int], ids: list[str | int | None]) -> DetectedGaps:
         """`add` row by row, for a few rows: the same gaps, reasons and state."""
@@ -188,17 +185,13 @@ class SilenceDetector:
             return DetectedGaps.empty()
         if len(ts) <= _SMALL:
             return self._add_rows(ts.tolist())
-        if self._latest is not None:
-            ts = np.concatenate(([self._latest], ts))
-        top = np.maximum.accumulate(ts)
-        self._latest = int(top[-1])
-        silence = ts[1:] - top[:-1]
-        k = np.flatnonzero(silence > self.max_silence_us)
-        if not len(k):
+        latest, start, end = silences(np.ascontiguousarray(ts), self._latest or 0,
+                                      self._latest is not None, self.max_silence_us)
+        self._latest = int(latest)
+        if not len(start):
             return DetectedGaps.empty()
-        reasons = [_silence_reason(s, self.data_type) for s in silence[k].tolist()]
-        return DetectedGaps(top[k], ts[k + 1], reasons)
-
+        reasons = [_silence_reason(s, self.data_type) for s in (end - start).tolist()]
+        return DetectedGaps(start, end, reasons)
 
     def _add_rows(self, ts: list[int]) -> DetectedGaps:
         """`add` row by row, for a few rows: the same gaps, reasons and state."""
