@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from numba import njit
 
 log = logging.getLogger(__name__)
-_F = TypeVar("_F", bound=Callable[..., Any])
+Kernel = Callable[..., Any]  # a numba dispatcher: its arguments are checked by `signature`
 
 
-def compiled(signature: Any) -> Callable[[_F], _F]:
+def compiled(signature: Any) -> Callable[[Kernel], Kernel]:
     """Decorator: `fn` compiled by numba for `signature` (eagerly, cached when possible)."""
 
-    def wrap(fn: _F) -> _F:
+    def wrap(fn: Kernel) -> Kernel:
         try:
             return njit(signature, cache=True, nogil=True)(fn)  # type: ignore[no-any-return]
         except RuntimeError as e:  # "cannot cache function ...: no locator available"

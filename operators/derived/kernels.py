@@ -41,7 +41,7 @@ def decimal_ids(offsets: np.ndarray, data: np.ndarray, valid: np.ndarray, values
         good = valid[i] and 1 <= length <= MAX_DIGITS
         if good:
             for k in range(s, s + length):
-                d = np.int64(data[k]) - 48
+                d = int(data[k]) - 48
                 if d < 0 or d > 9:
                     good = False
                     break
