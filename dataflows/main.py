@@ -67,7 +67,8 @@ def _persist_sink(cfg: StreamingConfig, plan: RunPlan, tables: dict[str, TableDe
         per_file = cfg.persist.parquet.rows_per_file
         policies = {k: BatchPolicy(per_file, p.max_age_s) for k, p in policies.items()}
         return PersistSink(
-            tables, lambda: ParquetWriter(root, run_id=run_id, truncate_when_fresh=fresh),
+            tables, lambda: ParquetWriter(root, run_id=run_id, truncate_when_fresh=fresh,
+                                          wait_at_checkpoint=fresh),
             policies, on_reject=on_reject)
     if plan.persist_backend == "bigquery":
         from connectors.bigquery.writer import BigQueryWriter

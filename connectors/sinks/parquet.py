@@ -70,15 +70,21 @@ class ParquetWriter:
     `checkpoint` and `close` wait for them, so a snapshot never covers a file not yet on disk.
     A failed write raises on the next call. `checkpoint(table)` is the resume position (run
     id, next file number); `resume(table, position)` deletes what this run wrote after it.
+    With `wait_at_checkpoint=False` (a run without a recovery store, whose snapshots are never
+    used) `checkpoint` does not wait for the writes in flight, so the tables' last files at the
+    end of a replay are encoded side by side; `close` still waits for every write and raises
+    a failed one.
     """
 
     def __init__(self, root: str | os.PathLike[str], *, compression: str = "zstd",
-                 run_id: str | None = None, truncate_when_fresh: bool = False) -> None:
+                 run_id: str | None = None, truncate_when_fresh: bool = False,
+                 wait_at_checkpoint: bool = True) -> None:
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise ValueError(f"{self.root}: Parquet output must be a directory")
         self.compression = compression
         self.truncate_when_fresh = truncate_when_fresh
+        self.wait_at_checkpoint = wait_at_checkpoint
         self.max_pending = 2
         self._pending: list[Future[None]] = []
         self.run_id = run_id or new_run_id()
@@ -122,7 +128,7 @@ class ParquetWriter:
         self._pending = keep
 
     def checkpoint(self, table: TableDef) -> tuple[str, int]:
-        self._reap(block=True)
+        self._reap(block=self.wait_at_checkpoint)
         return (self.run_id, self._seq.get(table.name, 0))
 
     def resume(self, table: TableDef, position: tuple[str, int] | None) -> None:

@@ -1,13 +1,17 @@
-"""The local Parquet writer's date partitions."""
+"""The local Parquet writer: date partitions, and when checkpoints wait for writes."""
 
 from __future__ import annotations
+
+import threading
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import connectors.sinks.parquet as parquet
 from connectors.sinks.parquet import ParquetWriter, _by_date
 from connectors.tables import candle_table
 
@@ -55,3 +59,58 @@ def test_a_write_spanning_days_lands_in_each_date_folder(tmp_path):
     assert folders == ["date=2023-11-14", "date=2023-11-15"]
     back = ds.dataset(tmp_path / table.name, format="parquet", partitioning="hive").to_table()
     assert sorted(back.column(table.partition_field).cast(pa.int64()).to_pylist()) == starts
+
+
+def _rows(table, n=3):
+    rows = pa.table({f.name: pa.nulls(n, f.type) for f in table.schema}, schema=table.schema)
+    ts = pa.array([1_700_000_000_000_000 + i for i in range(n)], pa.int64()).cast(
+        pa.timestamp("us", tz="UTC"))
+    return rows.set_column(rows.schema.get_field_index(table.partition_field),
+                           table.partition_field, ts)
+
+
+def _slow_writes(monkeypatch, gate):
+    real = parquet.pq.write_table
+
+    def write_table(*args, **kwargs):
+        assert gate.wait(10), "the test never released the write"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(parquet.pq, "write_table", write_table)
+
+
+def test_checkpoint_waits_for_writes_only_when_snapshots_are_used(tmp_path, monkeypatch):
+    table = candle_table("1m", (5,))
+    gate = threading.Event()
+    _slow_writes(monkeypatch, gate)
+    # without a recovery store: the position is returned while the write is still held
+    quick = ParquetWriter(tmp_path / "a", wait_at_checkpoint=False)
+    quick.ensure_table(table)
+    quick.write(table, _rows(table))
+    assert quick.checkpoint(table)[1] == 1
+    assert not list((tmp_path / "a" / table.name).rglob("*.parquet"))  # not on disk yet
+    gate.set()
+    quick.close()  # waits for it
+    assert len(list((tmp_path / "a" / table.name).rglob("*.parquet"))) == 1
+    # with one (the default), the position only covers files on disk
+    durable = ParquetWriter(tmp_path / "b")
+    durable.ensure_table(table)
+    durable.write(table, _rows(table))
+    assert durable.checkpoint(table)[1] == 1
+    assert len(list((tmp_path / "b" / table.name).rglob("*.parquet"))) == 1
+    durable.close()
+
+
+def test_a_failed_write_still_raises_at_close_without_waiting_checkpoints(tmp_path,
+                                                                           monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(parquet.pq, "write_table", broken)
+    table = candle_table("1m", (5,))
+    writer = ParquetWriter(tmp_path, wait_at_checkpoint=False)
+    writer.ensure_table(table)
+    writer.write(table, _rows(table))
+    writer.checkpoint(table)
+    with pytest.raises(OSError, match="disk full"):
+        writer.close()
