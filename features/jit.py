@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from numba import njit
+from numba import njit, types
 
 log = logging.getLogger(__name__)
 Kernel = Callable[..., Any]  # a numba dispatcher: its arguments are checked by `signature`
@@ -32,3 +32,9 @@ def compiled(signature: Any) -> Callable[[Kernel], Kernel]:
             return njit(signature, nogil=True)(fn)  # type: ignore[no-any-return]
 
     return wrap
+
+
+def array_type(dtype: Any, readonly: bool = False) -> Any:
+    """numba's type of a 1-D C-contiguous array of `dtype`; `readonly` for arrays that may be
+    views of Arrow buffers (a writable array is accepted there too)."""
+    return types.Array(dtype, 1, "C", readonly=readonly)

@@ -15,26 +15,40 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numba import types as nt
 
+from features.jit import array_type as arr
 from features.jit import compiled
 
 SIDE_UNKNOWN, SIDE_BUY, SIDE_SELL = 0, 1, 2
+
+
+def _bar_kinds() -> tuple[Any, ...]:
+    """numba types of the 15 columns of bars.Partials, in order."""
+    i8, f8 = nt.int64, nt.float64
+    return (i8, f8, f8, f8, f8, i8, i8, i8, f8, f8, f8, i8, f8, i8, i8)
+
+
+def _bars_type() -> Any:
+    return nt.Tuple([arr(k) for k in _bar_kinds()])
+
+
+@compiled(_bars_type()(nt.int64))
+def _new_bars(m: int) -> tuple:  # pragma: no cover - compiled
+    """15 uninitialised bar columns of length m (bars.Partials' order and dtypes)."""
+    return (np.empty(m, np.int64), np.empty(m), np.empty(m), np.empty(m), np.empty(m),
+            np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m, np.int64), np.empty(m),
+            np.empty(m), np.empty(m), np.empty(m, np.int64), np.empty(m),
+            np.empty(m, np.int64), np.empty(m, np.int64))
 
 
 def _bars_signature() -> Any:
     """`sorted_bars`' one signature, compiled (or loaded from numba's disk cache) at import:
     C-contiguous int64 times, float64 prices and amounts (read-only: they may be Arrow
     buffers), int8 side codes; the bars' 15 columns out."""
-    from numba import types as t
-
-    def arr(dtype: Any, readonly: bool = False) -> Any:
-        return t.Array(dtype, 1, "C", readonly=readonly)
-
-    i8, f8 = t.int64, t.float64
-    out = t.Tuple([arr(i8), arr(f8), arr(f8), arr(f8), arr(f8), arr(i8), arr(i8), arr(i8),
-                   arr(f8), arr(f8), arr(f8), arr(i8), arr(f8), arr(i8), arr(i8)])
-    return out(arr(i8, True), arr(i8, True), arr(f8, True), arr(f8, True), arr(t.int8, True),
-               i8, i8)
+    i8, f8 = nt.int64, nt.float64
+    return _bars_type()(arr(i8, True), arr(i8, True), arr(f8, True), arr(f8, True),
+                        arr(nt.int8, True), i8, i8)
 
 
 @compiled(_bars_signature())
@@ -51,21 +65,8 @@ def sorted_bars(ts: np.ndarray, local_ts: np.ndarray, price: np.ndarray, amount:
         if ts[i] >= end:
             m += 1
             end = ts[i] - ts[i] % tf + tf
-    start = np.empty(m, np.int64)
-    open_ = np.empty(m)
-    high = np.empty(m)
-    low = np.empty(m)
-    close = np.empty(m)
-    open_ts = np.empty(m, np.int64)
-    close_ts = np.empty(m, np.int64)
-    local = np.empty(m, np.int64)
-    volume = np.empty(m)
-    buy = np.empty(m)
-    sell = np.empty(m)
-    count = np.empty(m, np.int64)
-    notional = np.empty(m)
-    first_idx = np.empty(m, np.int64)
-    close_idx = np.empty(m, np.int64)
+    (start, open_, high, low, close, open_ts, close_ts, local, volume, buy, sell, count,
+     notional, first_idx, close_idx) = _new_bars(m)
     j = -1
     end = ts[0] - 1
     for i in range(n):
@@ -108,14 +109,7 @@ def sorted_bars(ts: np.ndarray, local_ts: np.ndarray, price: np.ndarray, amount:
 
 def _combine_signature() -> Any:
     """`combine_sorted`' signature: the 15 bar columns in (read-only), the same 15 out."""
-    from numba import types as t
-
-    def arr(dtype: Any, readonly: bool = False) -> Any:
-        return t.Array(dtype, 1, "C", readonly=readonly)
-
-    i8, f8 = t.int64, t.float64
-    kinds = (i8, f8, f8, f8, f8, i8, i8, i8, f8, f8, f8, i8, f8, i8, i8)
-    return t.Tuple([arr(k) for k in kinds])(*(arr(k, True) for k in kinds))
+    return _bars_type()(*(arr(k, True) for k in _bar_kinds()))
 
 
 @compiled(_combine_signature())
@@ -134,21 +128,8 @@ def combine_sorted(start: np.ndarray, open_: np.ndarray, high: np.ndarray, low: 
     for i in range(n):
         if i == 0 or start[i] != start[i - 1]:
             m += 1
-    o_start = np.empty(m, np.int64)
-    o_open = np.empty(m)
-    o_high = np.empty(m)
-    o_low = np.empty(m)
-    o_close = np.empty(m)
-    o_open_ts = np.empty(m, np.int64)
-    o_close_ts = np.empty(m, np.int64)
-    o_local = np.empty(m, np.int64)
-    o_volume = np.empty(m)
-    o_buy = np.empty(m)
-    o_sell = np.empty(m)
-    o_count = np.empty(m, np.int64)
-    o_notional = np.empty(m)
-    o_first = np.empty(m, np.int64)
-    o_close_idx = np.empty(m, np.int64)
+    (o_start, o_open, o_high, o_low, o_close, o_open_ts, o_close_ts, o_local, o_volume, o_buy,
+     o_sell, o_count, o_notional, o_first, o_close_idx) = _new_bars(m)
     j = -1
     for i in range(n):
         if i == 0 or start[i] != start[i - 1]:
@@ -195,15 +176,10 @@ def combine_sorted(start: np.ndarray, open_: np.ndarray, high: np.ndarray, low: 
 
 def _grid_signature() -> Any:
     """`fill_grid`' signature: the grid and 13 bar columns in, 13 candle columns out."""
-    from numba import types as t
-
-    def arr(dtype: Any, readonly: bool = False) -> Any:
-        return t.Array(dtype, 1, "C", readonly=readonly)
-
-    i8, f8 = t.int64, t.float64
-    bars = (i8, f8, f8, f8, f8, i8, i8, i8, f8, f8, f8, i8, f8)
-    out = (f8, f8, f8, f8, f8, f8, f8, i8, f8, i8, i8, i8, t.boolean)
-    return t.Tuple([arr(k) for k in out])(arr(i8, True), *(arr(k, True) for k in bars), f8)
+    i8, f8 = nt.int64, nt.float64
+    out = (f8, f8, f8, f8, f8, f8, f8, i8, f8, i8, i8, i8, nt.boolean)
+    return nt.Tuple([arr(k) for k in out])(arr(i8, True),
+                                          *(arr(k, True) for k in _bar_kinds()[:13]), f8)
 
 
 @compiled(_grid_signature())
@@ -261,12 +237,7 @@ def fill_grid(grid: np.ndarray, start: np.ndarray, open_: np.ndarray, high: np.n
 def _keys_signature() -> Any:
     """`prefixed_decimals`' signature: prefix bytes and int64 values in; int32 offsets and
     bytes of an Arrow string column out."""
-    from numba import types as t
-
-    def arr(dtype: Any, readonly: bool = False) -> Any:
-        return t.Array(dtype, 1, "C", readonly=readonly)
-
-    return t.Tuple([arr(t.int32), arr(t.uint8)])(arr(t.uint8, True), arr(t.int64, True))
+    return nt.Tuple([arr(nt.int32), arr(nt.uint8)])(arr(nt.uint8, True), arr(nt.int64, True))
 
 
 @compiled(_keys_signature())
@@ -301,12 +272,7 @@ def prefixed_decimals(head: np.ndarray, values: np.ndarray
 
 def _sides_signature() -> Any:
     """`string_sides`' signature: read-only int32 offsets and bytes (Arrow buffers)."""
-    from numba import types as t
-
-    def ro(dtype: Any) -> Any:
-        return t.Array(dtype, 1, "C", readonly=True)
-
-    return t.void(ro(t.int32), ro(t.uint8), t.Array(t.int8, 1, "C"))
+    return nt.void(arr(nt.int32, True), arr(nt.uint8, True), arr(nt.int8))
 
 
 @compiled(_sides_signature())

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numba import types as nt
 
+from features.jit import array_type as arr
 from features.jit import compiled
 
 MAX_DIGITS = 18  # every id of at most 18 digits fits in int64
@@ -20,13 +22,8 @@ MAX_DIGITS = 18  # every id of at most 18 digits fits in int64
 def _ids_signature() -> Any:
     """`decimal_ids`' signature: read-only int32 offsets, bytes and validity (Arrow buffers),
     int64 values and bool flags out."""
-    from numba import types as t
-
-    def ro(dtype: Any) -> Any:
-        return t.Array(dtype, 1, "C", readonly=True)
-
-    return t.void(ro(t.int32), ro(t.uint8), ro(t.boolean), t.Array(t.int64, 1, "C"),
-                  t.Array(t.boolean, 1, "C"))
+    return nt.void(arr(nt.int32, True), arr(nt.uint8, True), arr(nt.boolean, True), arr(nt.int64),
+                  arr(nt.boolean))
 
 
 @compiled(_ids_signature())
@@ -54,14 +51,9 @@ def _gaps_signature() -> Any:
     """`id_gaps`' signature: int64 ids and times (read-only), the state before them (largest
     id, time of the last trade, whether there is one) and the smallest gap reported; the state
     after them and the gaps' starts, ends, first missing ids and counts out."""
-    from numba import types as t
-
-    def arr(dtype: Any, readonly: bool = False) -> Any:
-        return t.Array(dtype, 1, "C", readonly=readonly)
-
-    i8 = t.int64
-    out = t.Tuple([i8, i8, t.boolean, arr(i8), arr(i8), arr(i8), arr(i8)])
-    return out(arr(i8, True), arr(i8, True), i8, i8, t.boolean, i8)
+    i8 = nt.int64
+    out = nt.Tuple([i8, i8, nt.boolean, arr(i8), arr(i8), arr(i8), arr(i8)])
+    return out(arr(i8, True), arr(i8, True), i8, i8, nt.boolean, i8)
 
 
 @compiled(_gaps_signature())
@@ -110,13 +102,8 @@ def id_gaps(values: np.ndarray, ts: np.ndarray, top: int, last_ts: int, seen: bo
 def _silences_signature() -> Any:
     """`silences`' signature: int64 times (read-only), the latest time before them and
     whether there is one, the bound; the latest time after them and the silences out."""
-    from numba import types as t
-
-    def arr(dtype: Any, readonly: bool = False) -> Any:
-        return t.Array(dtype, 1, "C", readonly=readonly)
-
-    i8 = t.int64
-    return t.Tuple([i8, arr(i8), arr(i8)])(arr(i8, True), i8, t.boolean, i8)
+    i8 = nt.int64
+    return nt.Tuple([i8, arr(i8), arr(i8)])(arr(i8, True), i8, nt.boolean, i8)
 
 
 @compiled(_silences_signature())
