@@ -311,6 +311,9 @@ class MultiTimeframeCandles:
         prev = tfs.last_close if tfs.last_close is not None else np.nan
         (open_, high, low, close, volume, buy, sell, count, vwap, open_ts, close_ts, local_ts,
          filled) = fill_grid(np.ascontiguousarray(grid, np.int64), *real.bar_columns(), prev)
+        if len(grid) - int(np.count_nonzero(filled)) != len(real):  # never silently
+            raise RuntimeError(f"{len(real)} closed {tf} us bars do not all start on the "
+                               f"candle grid {grid[0]}..{grid[-1]}: candles would be lost")
         has_gap = np.zeros(len(grid), bool)
         for g0, g1 in self.gaps:
             has_gap |= (grid <= g1) & (grid + tf > g0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,3 +118,20 @@ def test_combine_follows_the_open_and_close_rules(bars):
             np.testing.assert_allclose(values, expected, rtol=1e-13, err_msg=f)
         else:
             assert values == expected, f
+
+
+def test_candles_are_laid_on_their_grid_and_bars_off_it_are_refused():
+    from operators.candles.builder import MultiTimeframeCandles
+
+    tf = 15 * S
+    m = MultiTimeframeCandles([tf])
+    state = m._tfs[0]
+    ts = np.array([T0 - T0 % tf, T0 - T0 % tf + 2 * tf], np.int64)
+    bars = bars_of_sorted(ts, ts, np.array([1.0, 2.0]), np.ones(2), np.ones(2, np.int8), tf, 0)
+    grid = np.arange(ts[0], ts[1] + tf, tf, dtype=np.int64)
+    out = m._emit(state, grid, bars)
+    assert out.is_filled.tolist() == [False, True, False]
+    assert out.close.tolist() == [1.0, 1.0, 2.0]  # the empty interval carries the close
+    assert np.isnan(out.vwap[1]) and out.count.tolist() == [1, 0, 1]
+    with pytest.raises(RuntimeError, match="would be lost"):
+        m._emit(state, grid + 1, bars)  # no bar starts on this grid
