@@ -66,9 +66,11 @@ class Partials:
         """The same bars under other starts (arrays are shared, never written in place)."""
         return Partials(start, *(getattr(self, f) for f in _FIELDS[1:]))
 
-    def bar_columns(self) -> tuple[np.ndarray, ...]:
-        """The 13 columns `kernels.fill_grid` reads (start to notional), C-contiguous."""
-        return tuple(np.ascontiguousarray(getattr(self, f), _DTYPES[f]) for f in _FIELDS[:13])
+    def columns(self, count: int | None = None) -> tuple[np.ndarray, ...]:
+        """The first `count` columns (all by default) as C-contiguous arrays of their dtypes,
+        as the compiled kernels take them."""
+        return tuple(np.ascontiguousarray(getattr(self, f), _DTYPES[f])
+                     for f in _FIELDS[:count])
 
     def to_tuple(self) -> tuple[tuple, ...]:
         """A small immutable picklable value (for snapshots)."""
@@ -142,8 +144,7 @@ def combine(p: Partials) -> Partials:
         p = p.take(np.argsort(start, kind="stable"))
     elif not np.any(start[1:] == start[:-1]):  # every start distinct: nothing to combine
         return p
-    return Partials(*combine_sorted(*(np.ascontiguousarray(getattr(p, f), _DTYPES[f])
-                                      for f in _FIELDS)))
+    return Partials(*combine_sorted(*p.columns()))
 
 
 def bars_of_sorted(ts: np.ndarray, local_ts: np.ndarray, price: np.ndarray,

@@ -309,8 +309,9 @@ class MultiTimeframeCandles:
     def _emit(self, tfs: _Timeframe, grid: np.ndarray, real: Partials) -> ClosedCandles:
         tf = tfs.tf
         prev = tfs.last_close if tfs.last_close is not None else np.nan
+        # fill_grid reads the bars' first 13 columns, start to notional
         (open_, high, low, close, volume, buy, sell, count, vwap, open_ts, close_ts, local_ts,
-         filled) = fill_grid(np.ascontiguousarray(grid, np.int64), *real.bar_columns(), prev)
+         filled) = fill_grid(np.ascontiguousarray(grid, np.int64), *real.columns(13), prev)
         if len(grid) - int(np.count_nonzero(filled)) != len(real):  # never silently
             raise RuntimeError(f"{len(real)} closed {tf} us bars do not all start on the "
                                f"candle grid {grid[0]}..{grid[-1]}: candles would be lost")
