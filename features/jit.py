@@ -34,6 +34,12 @@ def compiled(signature: Any) -> Callable[[Kernel], Kernel]:
     return wrap
 
 
+def inlined(fn: Kernel) -> Kernel:
+    """Decorator: a small helper of compiled kernels, inlined into each caller's code (numba
+    IR inlining) and so compiled and cached with them; it needs no cache of its own."""
+    return njit(inline="always")(fn)  # type: ignore[no-any-return]
+
+
 def array_type(dtype: Any, readonly: bool = False) -> Any:
     """numba's type of a 1-D C-contiguous array of `dtype`; `readonly` for arrays that may be
     views of Arrow buffers (a writable array is accepted there too)."""

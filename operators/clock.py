@@ -6,6 +6,11 @@ partition reports, after every poll, the wall time up to which everything it rec
 handed to the flow (`caught_up`); `live_clock_us()` is the earliest of those, or the wall clock
 when this process has no live source. Sources in other processes are not seen: with several
 processes, each candle step follows the sources of its own process (see README, scale-out).
+
+The other direction: each candle step says when it will next read the clock to close a candle
+(`need`), and live sources flush their micro-batches at that time (`next_need`) instead of
+waiting for `max_batch_delay`. So a long micro-batch delay (fewer, larger batches with many
+symbols) does not hold candles back.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 
 _LOCK = threading.Lock()
 _CAUGHT_UP: dict[str, int] = {}
+_NEEDS: dict[int, int] = {}
 
 
 def caught_up(source: str, wall_us: int) -> None:
@@ -35,3 +41,20 @@ def live_clock_us() -> int:
         if not _CAUGHT_UP:
             return now
         return min(now, min(_CAUGHT_UP.values()))
+
+
+def need(consumer: int, wall_us: int | None) -> None:
+    """`consumer` (a candle step's key, by id) will next close candles when the clock reaches
+    `wall_us` (None: nothing to close)."""
+    with _LOCK:
+        if wall_us is None:
+            _NEEDS.pop(consumer, None)
+        else:
+            _NEEDS[consumer] = wall_us
+
+
+def next_need(after: int) -> int | None:
+    """The earliest close time any candle step in this process waits for, later than
+    `after` (a time already served), or None."""
+    with _LOCK:
+        return min((us for us in _NEEDS.values() if us > after), default=None)

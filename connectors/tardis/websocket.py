@@ -6,11 +6,15 @@ asyncio loop with a `websockets` client on `/ws-stream-normalized` (live) or
 JSON array tardis-machine defines (one entry per exchange: exchange, symbols, dataTypes,
 withDisconnectMessages, from/to). The thread only receives frames and appends them to a deque
 (complete frames go there straight from the connection's event hook, see _DirectConnection);
-Bytewax's `next_batch` drains that deque for at most a few milliseconds, decodes each frame with
-orjson, groups messages per (exchange, symbol, data type) and turns each group into an Arrow
-batch (connectors.tardis.normalized) once it holds `max_batch_rows` rows or its oldest message
-waited `max_batch_delay`. So `next_batch` never waits on the network, and everything stateful
-(positions, gaps, dead letters) happens in one thread, in frame order. That receiving and
+Bytewax's `next_batch` drains that deque for at most a few milliseconds. Frames are decoded
+when their micro-batch is due (the first waited `max_batch_delay`, or `max_batch_rows` of them
+wait) or before anything that needs them (a connection event, a snapshot): runs of flat
+messages (trades, liquidations, derivative tickers, option summaries) in bulk by a compiled
+scan (connectors.tardis.flat), anything else one by one with orjson; both make the same rows
+(connectors.tardis.normalized). Messages are grouped per (exchange, symbol, data type) into
+Arrow batches of at most `max_batch_rows` rows (a book_change message's levels stay
+together). So `next_batch` never waits on the network, and everything stateful (positions,
+gaps, dead letters) happens in one thread, in frame order. That receiving and
 decoding is `LocalDecoder`; with `decoder: process` it runs in a child process instead
 (connectors.tardis.decoder_process) and the partition only takes what it emitted.
 
@@ -61,7 +65,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import numpy as np
 import orjson
+import pyarrow as pa
 import pyarrow.compute as pc
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from pydantic import ValidationError
@@ -70,9 +76,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import Frame, Opcode
 from websockets.protocol import Event, State
 
+from connectors.tardis import kernels
 from connectors.tardis.datatypes import route_of
+from connectors.tardis.flat import LOCAL, TIMESTAMP, FlatScan
 from connectors.tardis.normalized import (
-    BuiltBatch,
     build_batches,
     machine_data_type,
     message_data_type,
@@ -91,6 +98,8 @@ LIVE_PATH = "/ws-stream-normalized"
 REPLAY_PATH = "/ws-replay-normalized"
 RESUME_VERSION = 1
 _POLL_BUDGET_S = 0.004  # longest a next_batch call keeps decoding
+_SEGMENT_FRAMES = 4096  # most frames decoded in one bulk pass
+_MIN_BULK = 8  # shorter runs of flat messages are decoded one by one
 _MAX_FRAME_BYTES = 64 << 20
 
 LiveItem = TickBatch | Gap | DeadLetters
@@ -582,16 +591,19 @@ class _Stream:
     """Pending messages and positions of one (exchange, symbol, message type or name)."""
 
     __slots__ = ("key", "exchange", "symbol", "data_type", "is_book_change", "msgs", "raws",
-                 "rows", "since", "last_local", "run", "last_ts", "emit_local", "emit_run",
-                 "emit_ts", "first_pending_local", "caught_up", "dedup_seen")
+                 "parts", "waiting", "rows", "since", "last_local", "run", "last_ts",
+                 "emit_local", "emit_run", "emit_ts", "first_pending_local", "caught_up",
+                 "dedup_seen")
 
     def __init__(self, key: StreamKey, data_type: str | None) -> None:
         self.key = key
         self.exchange, self.symbol = key[0], key[1]
         self.data_type = data_type
         self.is_book_change = data_type == "incremental_book_L2"
-        self.msgs: list[dict[str, Any]] = []
+        self.msgs: list[dict[str, Any]] = []  # decoded one by one, not built yet
         self.raws: list[FrameData] = []
+        self.parts: list[pa.RecordBatch] = []  # built rows waiting, in message order
+        self.waiting = 0  # messages received and not emitted yet
         self.rows = 0
         self.since = 0.0
         self.last_local: Any = None     # localTimestamp of the last message received
@@ -603,6 +615,11 @@ class _Stream:
         self.first_pending_local: Any = None
         self.caught_up = True
         self.dedup_seen = 0
+
+    @property
+    def pending(self) -> bool:
+        """Messages wait to be emitted."""
+        return self.waiting > 0
 
 
 @dataclass
@@ -638,6 +655,11 @@ class _Assembler:
         self._skipped_max: dict[str, int] = {}  # latest localTimestamp skipped as duplicate
         self._out: list[LiveItem] = []
         self._dead: list[tuple[str, str, str, str, str]] = []
+        self._raw: list[FrameData] = []  # frames received, not decoded yet
+        self._raw_since = 0.0  # when the oldest of them was taken from the connection
+        self._arrival = 0.0  # when the frames being decoded were taken (monotonic s)
+        self._decode_at = min(self._max_rows, _SEGMENT_FRAMES)
+        self._need_served = 0  # the latest candle close time flushed for (live_clock.need)
         self.finished = False
         self.crashed: str | None = None
         #: replay: the `from` per exchange of the next connection (read by the thread)
@@ -647,7 +669,158 @@ class _Assembler:
 
     # -- frames -------------------------------------------------------------------------------
 
+    def on_frames(self, frames: list[FrameData]) -> None:
+        """Frames taken from the connection, in order. They are decoded when their micro-batch
+        is due (max_batch_delay after the first, or max_batch_rows of them) or before anything
+        that needs them decoded (a connection event, a snapshot): one bulk decode of a run of
+        messages costs a fraction of decoding each as it comes."""
+        if not self._raw:
+            self._raw_since = time.monotonic()
+        self._raw += frames
+        if len(self._raw) >= self._decode_at:
+            self.decode_pending()
+
+    @property
+    def raw_count(self) -> int:
+        """Frames received and not decoded yet."""
+        return len(self._raw)
+
+    def decode_pending(self) -> None:
+        """Decode every frame received so far into the streams' micro-batches."""
+        raw, self._raw = self._raw, []
+        self._arrival = self._raw_since
+        for i in range(0, len(raw), _SEGMENT_FRAMES):
+            self._decode(raw[i:i + _SEGMENT_FRAMES])
+
+    def _decode(self, frames: list[FrameData]) -> None:
+        """Runs of flat messages go through the bulk decoder, anything else through orjson
+        one by one, in frame order."""
+        if len(frames) < _MIN_BULK:
+            for frame in frames:
+                self.on_frame(frame)
+            return
+        try:
+            scan = FlatScan(frames)
+        except Exception:  # never fatal: the general decoder reports each frame
+            log.exception("bulk decoding failed; decoding %d frames one by one", len(frames))
+            for frame in frames:
+                self.on_frame(frame)
+            return
+        ok = scan.eligible
+        if ok.all():
+            bounds = [0, len(frames)]
+        else:
+            bounds = [0, *(np.flatnonzero(np.diff(ok.view(np.int8))) + 1).tolist(),
+                      len(frames)]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=False):
+            if not (ok[a] and b - a >= _MIN_BULK and self._bulk(scan, a, b)):
+                for i in range(a, b):
+                    self.on_frame(frames[i])
+
+    def _bulk(self, scan: FlatScan, a: int, b: int) -> bool:
+        """Messages a..b of `scan` (all eligible) into their streams: the same positions,
+        gaps, counts and rows as `on_frame` of each. False (nothing done) where a stream is
+        still skipping a replay's duplicates: those go one by one."""
+        codes = scan.stream[a:b]
+        count, first, last, run, all_same = kernels.stream_runs(
+            scan.buf, scan.vstart[a:b, LOCAL].copy(), scan.vend[a:b, LOCAL].copy(), codes,
+            len(scan.streams))
+        present = np.flatnonzero(count).tolist()
+        streams: dict[int, _Stream] = {}
+        for c in present:
+            info = scan.streams[c]
+            key = (info.exchange, info.symbol, info.type)
+            st = self._streams.get(key) or self._add_stream(key, scan.data_types[c])
+            if not st.caught_up:
+                return False
+            streams[c] = st
+        try:
+            parts, rejected = self._bulk_rows(scan, a, b, codes, streams)
+        except Exception:  # never fatal: the general decoder takes these frames instead
+            log.exception("bulk decoding failed; decoding %d frames one by one", b - a)
+            return False
+        for m, reason, st, rows_lost in rejected:
+            self._dead_letter(scan.frames[m], reason, st.exchange, st.symbol,
+                              st.data_type or "")
+            self.stats.rejected += 1
+            self.stats.rows_rejected += rows_lost
+        gap_ends: dict[SymbolKey, int] = {}
+        for c in present:
+            st = streams[c]
+            n_c, i_first, i_last = int(count[c]), a + int(first[c]), a + int(last[c])
+            first_local = scan.text(i_first, LOCAL)
+            if all_same[c] and first_local == st.last_local:
+                st.run += n_c
+            else:
+                st.run = int(run[c])
+            st.last_local = first_local if all_same[c] else scan.text(i_last, LOCAL)
+            st.last_ts = scan.text(i_last, TIMESTAMP)
+            sym = (st.exchange, st.symbol)
+            if self._gaps and sym in self._gaps and (
+                    sym not in gap_ends or i_first < gap_ends[sym]):
+                gap_ends[sym] = i_first
+            if st.msgs:  # messages decoded one by one before these go first
+                self._seal([st])
+            if not st.pending:
+                st.since = self._arrival
+                st.first_pending_local = first_local
+                self._pending[st.key] = st
+            part = parts.get(c)
+            if part is not None:
+                st.parts.append(part)
+            st.waiting += n_c
+            st.rows += n_c
+        for sym, i in sorted(gap_ends.items(), key=lambda kv: kv[1]):
+            self._close_gap(sym, int(scan.tsv[i, TIMESTAMP]))
+        self.stats.messages += b - a
+        for c in present:
+            if streams[c].rows >= self._max_rows:
+                self._flush(streams[c])
+        return True
+
+    def _bulk_rows(self, scan: FlatScan, a: int, b: int, codes: np.ndarray,
+                   streams: dict[int, _Stream]
+                   ) -> tuple[dict[int, pa.RecordBatch],
+                              list[tuple[int, str, _Stream, int]]]:
+        """The valid rows of messages a..b per stream code, and the rejected messages
+        (index, reason, stream, rows lost). Changes nothing: the caller applies it."""
+        out: dict[int, pa.RecordBatch] = {}
+        rejected: list[tuple[int, str, _Stream, int]] = []
+        types = {scan.data_types[c] for c in streams}
+        for data_type in types:
+            assert data_type is not None
+            if len(types) == 1:
+                rows = np.arange(a, b)
+            else:
+                mine = [c for c in streams if scan.data_types[c] == data_type]
+                rows = a + np.flatnonzero(np.isin(codes, mine))
+            row_codes = codes[rows - a]
+            built = scan.build(data_type, rows)
+            if built.rejected:  # one row per message: each rejected message lost its row
+                keep = np.ones(len(rows), dtype=bool)
+                for i, reason in built.rejected.items():
+                    keep[i] = False
+                    rejected.append((int(rows[i]), reason, streams[int(row_codes[i])], 1))
+                row_codes = row_codes[keep]
+            batch = built.batch
+            if not batch.num_rows:
+                continue
+            if len(streams) == 1 or (row_codes == row_codes[0]).all():
+                out[int(row_codes[0])] = batch
+                continue
+            order = np.argsort(row_codes, kind="stable")
+            batch = batch.take(pa.array(order))
+            sorted_codes = row_codes[order]
+            cuts = np.flatnonzero(sorted_codes[1:] != sorted_codes[:-1]) + 1
+            starts = [0, *cuts.tolist()]
+            ends = [*cuts.tolist(), len(sorted_codes)]
+            for s0, e0 in zip(starts, ends, strict=True):
+                out[int(sorted_codes[s0])] = batch.slice(s0, e0 - s0)
+        rejected.sort(key=lambda r: r[0])
+        return out, rejected
+
     def on_frame(self, frame: FrameData) -> None:
+        """One frame through the general decoder (orjson, then normalized.build_batches)."""
         try:
             m = orjson.loads(frame)
         except orjson.JSONDecodeError as e:
@@ -698,12 +871,13 @@ class _Assembler:
         self.stats.messages += 1
         if self._gaps and (st.exchange, st.symbol) in self._gaps:
             self._close_gap((st.exchange, st.symbol), _parse_or_none(st.last_ts))
-        if not st.msgs:
-            st.since = time.monotonic()
+        if not st.pending:
+            st.since = self._arrival
             st.first_pending_local = local
             self._pending[st.key] = st
         st.msgs.append(m)
         st.raws.append(frame)
+        st.waiting += 1
         st.rows += rows
         if st.rows >= self._max_rows:
             self._flush(st)
@@ -727,10 +901,13 @@ class _Assembler:
         if not isinstance(symbol, str) or not symbol:
             self._malformed(frame, "message has no 'symbol'", exchange, data_type=data_type)
             return None
-        st = _Stream((exchange, symbol, tag), data_type)
+        return self._add_stream((exchange, symbol, tag), data_type)
+
+    def _add_stream(self, key: StreamKey, data_type: str | None) -> _Stream:
+        st = _Stream(key, data_type)
         st.caught_up = self._resume is None
-        self._streams[st.key] = st
-        self._by_symbol.setdefault((exchange, symbol), []).append(st)
+        self._streams[key] = st
+        self._by_symbol.setdefault((key[0], key[1]), []).append(st)
         return st
 
     def _accept(self, st: _Stream, local: Any) -> bool:
@@ -779,7 +956,7 @@ class _Assembler:
             emitted = _parse_or_none(st.emit_local)
             if emitted is not None:
                 positions[st.key] = (emitted, st.emit_run)
-            if st.msgs:
+            if st.pending:
                 first = _parse_or_none(st.first_pending_local)
                 if first is not None:
                     pending[st.exchange] = min(pending.get(st.exchange, first), first)
@@ -828,7 +1005,7 @@ class _Assembler:
         for sym in symbols:
             streams = self._by_symbol.get(sym, [])
             for st in streams:
-                if st.msgs:
+                if st.pending:
                     self._flush(st)
             starts = [us for us in (_parse_or_none(st.last_ts) for st in streams)
                       if us is not None]
@@ -850,6 +1027,8 @@ class _Assembler:
     # -- connection events -------------------------------------------------------------------
 
     def on_event(self, event: Any) -> None:
+        if self._raw:
+            self.decode_pending()  # everything received before the event comes first
         if isinstance(event, _Disconnected):
             try:
                 self._on_connection_lost(event.reason)
@@ -891,15 +1070,25 @@ class _Assembler:
         self._flush_many([st])
 
     def _flush_many(self, streams: list[_Stream]) -> None:
-        """Emit the pending messages of `streams`: one Arrow build per data type."""
-        by_type: dict[str, list[tuple[_Stream, list[dict[str, Any]], list[FrameData]]]] = {}
+        """Emit the pending messages of `streams`."""
+        self._seal(streams)
         for st in streams:
-            msgs, raws = st.msgs, st.raws
-            st.msgs, st.raws, st.rows = [], [], 0
+            parts, st.parts, st.rows, st.waiting = st.parts, [], 0, 0
             st.emit_local, st.emit_run, st.emit_ts = st.last_local, st.run, st.last_ts
             self._pending.pop(st.key, None)
+            if parts:
+                self._emit(st, parts)
+
+    def _seal(self, streams: list[_Stream]) -> None:
+        """Build the messages of `streams` decoded one by one into parts: one Arrow build per
+        data type (normalized.build_batches)."""
+        by_type: dict[str, list[tuple[_Stream, list[dict[str, Any]], list[FrameData]]]] = {}
+        for st in streams:
+            if not st.msgs:
+                continue
             assert st.data_type is not None
-            by_type.setdefault(st.data_type, []).append((st, msgs, raws))
+            by_type.setdefault(st.data_type, []).append((st, st.msgs, st.raws))
+            st.msgs, st.raws = [], []
         for data_type, group in by_type.items():
             try:
                 built = build_batches(data_type, [(st.exchange, st.symbol, msgs)
@@ -914,32 +1103,49 @@ class _Assembler:
                     self.stats.rejected += len(raws)
                 continue
             for (st, _, raws), one in zip(group, built, strict=True):
-                self._emit_built(st, one, raws)
+                if one.batch.num_rows:
+                    st.parts.append(one.batch)
+                if one.rejected:
+                    self.stats.rejected += len(one.rejected)
+                    self.stats.rows_rejected += one.rows_rejected
+                    for i, reason in one.rejected.items():
+                        self._dead_letter(raws[i], reason, st.exchange, st.symbol, data_type)
 
-    def _emit_built(self, st: _Stream, built: BuiltBatch, raws: list[FrameData]) -> None:
+    def _emit(self, st: _Stream, parts: list[pa.RecordBatch]) -> None:
+        """One stream's rows as TickBatches: one, or max_batch_rows each where bulk-decoded
+        runs made more (a book_change message's levels are never split)."""
         assert st.data_type is not None
-        if built.batch.num_rows:
-            self._out.append(TickBatch(st.exchange, st.symbol, st.data_type, built.batch,
+        batch = parts[0] if len(parts) == 1 else pa.concat_batches(parts)
+        n, step = batch.num_rows, self._max_rows
+        pieces = ([batch] if n <= step or st.is_book_change
+                  else [batch.slice(i, step) for i in range(0, n, step)])
+        for piece in pieces:
+            self._out.append(TickBatch(st.exchange, st.symbol, st.data_type, piece,
                                        self._source))
-            self.stats.batches += 1
-            self.stats.rows += built.batch.num_rows
-            self.stats.last_message_wall[f"{st.exchange}:{st.symbol}"] = time.time()
-        if built.rejected:
-            self.stats.rejected += len(built.rejected)
-            self.stats.rows_rejected += built.rows_rejected
-            for i, reason in built.rejected.items():
-                self._dead_letter(raws[i], reason, st.exchange, st.symbol, st.data_type)
+        self.stats.batches += len(pieces)
+        self.stats.rows += n
+        self.stats.last_message_wall[f"{st.exchange}:{st.symbol}"] = time.time()
 
     def pending_since_wall_us(self) -> int:
         """Wall time (us) before which every received message has been emitted: now, or the
         arrival of the oldest message still waiting in a micro-batch."""
         now = time.time_ns() // 1000
-        if not self._pending:
+        if not self._pending and not self._raw:
             return now
-        oldest = min(st.since for st in self._pending.values())  # monotonic seconds
+        oldest = min([st.since for st in self._pending.values()]  # monotonic seconds
+                     + ([self._raw_since] if self._raw else []))
         return now - int((time.monotonic() - oldest) * 1_000_000)
 
     def flush_due(self) -> None:
+        if not self.replay and (self._raw or self._pending):
+            # a candle step closes candles now: everything received goes out first
+            need = live_clock.next_need(self._need_served)
+            if need is not None and need <= time.time_ns() // 1000:
+                self._need_served = need
+                self.flush_all()
+                return
+        if self._raw and self._raw_since <= time.monotonic() - self._max_delay:
+            self.decode_pending()
         if not self._pending:
             return
         # When the oldest micro-batch is due, every pending one goes with it: no message waits
@@ -949,6 +1155,8 @@ class _Assembler:
             self._flush_many(list(self._pending.values()))
 
     def flush_all(self) -> None:
+        if self._raw:
+            self.decode_pending()
         if self._pending:
             self._flush_many(list(self._pending.values()))
 
@@ -982,6 +1190,8 @@ class _Assembler:
     # -- snapshot / restore ------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        if self._raw:
+            self.decode_pending()  # received frames are part of the position
         point = self._resume_point()
         last_ts: dict[SymbolKey, int] = {}
         for st in self._streams.values():
@@ -1089,13 +1299,17 @@ class LocalDecoder:
         asm, queue = self._assembler, self._queue
         deadline = time.perf_counter() + _POLL_BUDGET_S
         events: list[tuple[str, str]] = []
+        frames: list[FrameData] = []
         n = 0
         while queue:
             item = queue.popleft()
             kind = type(item)
             if kind is bytearray or kind is bytes or kind is memoryview:
-                asm.on_frame(item)
+                frames.append(item)
             else:
+                if frames:
+                    asm.on_frames(frames)
+                    frames = []
                 events.append(_event_record(item))
                 asm.on_event(item)
                 if asm.crashed:
@@ -1103,10 +1317,16 @@ class LocalDecoder:
                 if asm.finished:
                     break
             n += 1
-            if not n & 63 and time.perf_counter() > deadline:
-                break
+            if not n & 1023:
+                if frames:
+                    asm.on_frames(frames)
+                    frames = []
+                if time.perf_counter() > deadline:
+                    break
+        if frames:
+            asm.on_frames(frames)
         asm.flush_due()
-        self.stats.queue_depth = len(queue)
+        self.stats.queue_depth = len(queue) + asm.raw_count
         # everything received is decoded: the live clock may advance
         clock = asm.pending_since_wall_us() if not queue and not self.replay else None
         return Polled(asm.take_output(), events, clock, finished=asm.finished)

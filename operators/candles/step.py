@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from bytewax.operators import StatefulBatchLogic
 
 from dataflows.config import format_timeframe
+from operators import clock as live_clock
 from operators import metrics
 from operators.candles.bars import SIDE_BUY, SIDE_SELL, SIDE_UNKNOWN
 from operators.candles.builder import (
@@ -192,6 +193,7 @@ class CandleLogic(StatefulBatchLogic[CandleIn, CandleOut, tuple]):
         if not self.wall_clock:
             return None
         at = self.candles.next_close_us()
+        live_clock.need(id(self), at)  # live sources flush what they hold by then
         if at is None:
             return None
         return datetime.fromtimestamp(at / 1e6, tz=UTC)
