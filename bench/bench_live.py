@@ -115,6 +115,7 @@ def main() -> None:
     from dataflows.config import config_from_dict
     from dataflows.main import build_flow
     from dataflows.plan import plan_run
+    from dataflows.runner import settle_heap
     from operators import metrics
 
     port = _free_port()
@@ -147,6 +148,7 @@ def main() -> None:
     try:
         assert feed.stdout is not None
         feed.stdout.readline()  # "live feed on ..."
+        settle_heap()  # as dataflows.runner.run does before a run
         threading.Thread(target=run_main, args=(flow,), daemon=True, name="flow").start()
 
         counts: list[tuple[float, float, float, float]] = []

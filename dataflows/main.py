@@ -241,6 +241,9 @@ def get_flow(config_path: str | None = None) -> Dataflow:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     start_health_endpoint(cfg, check_throughput=cfg.mode != "live-instruments-sync")
+    from dataflows.runner import settle_heap
+
+    settle_heap()  # bytewax.run runs the flow next (dataflows.runner.run does the same)
     return flow
 
 

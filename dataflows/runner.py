@@ -7,6 +7,7 @@ Shared by `python -m dataflows.main` and the replay command, so both honour stre
 from __future__ import annotations
 
 import argparse
+import gc
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -86,9 +87,21 @@ def recovery_config(opts: RunOptions) -> RecoveryConfig | None:
     return RecoveryConfig(str(d), timedelta(seconds=opts.backup_interval_s))
 
 
+def settle_heap() -> None:
+    """Before a long run: collect once, then move every object alive (modules, compiled
+    kernels, the built flow: hundreds of thousands of objects) out of the garbage collector's
+    reach (`gc.freeze`). A full collection then scans only what the run allocated since; one
+    over the whole heap paused the flow for 62 ms on the benchmark machine, which alone puts
+    the candles closing at that moment over a 50 ms latency budget. Startup objects live for
+    the whole run anyway, so nothing that could be freed is kept."""
+    gc.collect()
+    gc.freeze()
+
+
 def run(flow: Dataflow, opts: RunOptions) -> None:
     """Execute `flow` in this process (blocks until it ends)."""
     rec = recovery_config(opts)
+    settle_heap()
     epoch = timedelta(seconds=opts.snapshot_interval_s)
     cli_main(flow, workers_per_process=opts.workers, process_id=opts.process_id,
              addresses=list(opts.addresses) or None, epoch_interval=epoch,
